@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One idempotent setup step for a fresh machine: Python virtual environment with the pinned
+# packages, the pinned JVM artifacts from Maven Central into .cache/jars, and (with --with-postgres)
+# the PostgreSQL server the e2e tests use. Safe to re-run; each part is skipped when up to date.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WITH_POSTGRES=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-postgres) WITH_POSTGRES=1 ;;
+    *) echo "setup.sh: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf '[setup] %s\n' "$*"; }
+
+# --- Java ----------------------------------------------------------------------------------
+if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
+  log "installing Java 17 and Maven from Debian packages"
+  apt-get update -qq && apt-get install -y -qq openjdk-17-jdk-headless maven >/dev/null
+fi
+
+# --- Python --------------------------------------------------------------------------------
+PY=${PYTHON:-python3}
+stamp=.venv/.installed
+fingerprint=$(cat setup.cfg pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$fingerprint" ]; then
+  log "creating .venv and installing fitbit-stream[dev] with constraints.txt"
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+  echo "$fingerprint" > "$stamp"
+else
+  log ".venv up to date"
+fi
+
+# --- JVM artifacts -------------------------------------------------------------------------
+resolve() {  # resolve <pom dir> <output dir>
+  local pom=jvm/$1/pom.xml out=.cache/jars/$1
+  local want; want=$(sha256sum "$pom" | cut -c1-16)
+  if [ -f "$out/.resolved" ] && [ "$(cat "$out/.resolved")" = "$want" ]; then
+    log "jars for $1 up to date"; return
+  fi
+  log "resolving jars for $1 from Maven Central (pinned in $pom)"
+  rm -rf "$out"
+  mvn -B -q -f "$pom" dependency:copy-dependencies -DoutputDirectory="$ROOT/$out"
+  echo "$want" > "$out/.resolved"
+}
+resolve spark
+resolve kafka
+
+# --- PostgreSQL (e2e tests only) -------------------------------------------------------------
+if [ "$WITH_POSTGRES" = 1 ]; then
+  if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+    log "installing PostgreSQL from Debian packages"
+    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+  else
+    log "PostgreSQL server binaries present"
+  fi
+fi
+log "done"

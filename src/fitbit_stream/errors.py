@@ -1,0 +1,23 @@
+"""One error hierarchy: every failure the library raises on purpose is a FitbitStreamError."""
+
+from __future__ import annotations
+
+
+class FitbitStreamError(Exception):
+    """Base class of every error fitbit_stream raises deliberately."""
+
+
+class InvalidConfigError(FitbitStreamError):
+    """The configuration (YAML file or --set override) is not valid; the message names key and value."""
+
+
+class PlatformError(FitbitStreamError):
+    """The local platform (Kafka broker, PostgreSQL, JVM artifacts) is missing or misbehaves."""
+
+
+class SourceError(FitbitStreamError):
+    """A source (Kafka, SQL database, landing files) cannot be read as configured."""
+
+
+class PipelineError(FitbitStreamError):
+    """A streaming query failed or the pipeline cannot start safely."""
