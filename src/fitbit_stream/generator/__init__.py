@@ -1,0 +1,1 @@
+"""Deterministic synthetic world: registrations, gym visits, profile CDC, workouts, heart rate."""
