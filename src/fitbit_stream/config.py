@@ -7,13 +7,22 @@ Databricks secret scope, and is resolved into a ``SecretStr`` only when a connec
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fitbit_stream.errors import InvalidConfigError
 
@@ -36,12 +45,12 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Platform(str, Enum):
+class Platform(StrEnum):
     LOCAL = "local"
     DATABRICKS = "databricks"
 
 
-class Layer(str, Enum):
+class Layer(StrEnum):
     BRONZE = "bronze"
     SILVER = "silver"
     GOLD = "gold"
@@ -246,6 +255,10 @@ def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+# key=value secrets inside a rejected value (a JDBC URL, a JAAS line) are masked in messages.
+_SECRET_IN_TEXT = re.compile(r"(?i)(password|pwd|secret|token|accountkey|sharedaccesskey)\s*=\s*[^;&'\"\s]*")
+
+
 def _format_error(exc: ValidationError, data: Mapping[str, Any]) -> str:
     lines = []
     for err in exc.errors():
@@ -257,9 +270,10 @@ def _format_error(exc: ValidationError, data: Mapping[str, Any]) -> str:
             else:
                 value = err.get("input")
                 break
-        if "secret" in loc.lower() or "password" in loc.lower():
+        if "secret" in loc.lower() or "password" in loc.lower() or "jaas" in loc.lower():
             value = "**********"
-        lines.append(f"{loc or '<root>'}: {err['msg']} (got {value!r})")
+        shown = _SECRET_IN_TEXT.sub(r"\1=**********", repr(value))
+        lines.append(f"{loc or '<root>'}: {err['msg']} (got {shown})")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

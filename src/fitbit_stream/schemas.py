@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from pyspark.sql.types import (
     ArrayType,
-    DataType,
     BooleanType,
+    DataType,
     DateType,
     DoubleType,
     IntegerType,
@@ -268,9 +268,7 @@ TABLES: dict[str, TableSpec] = {
         TableSpec(
             "silver", "completed_workouts", COMPLETED_WORKOUTS, ("user_id", "workout_id", "session_id")
         ),
-        TableSpec(
-            "silver", "workout_bpm", WORKOUT_BPM, ("user_id", "workout_id", "session_id", "time")
-        ),
+        TableSpec("silver", "workout_bpm", WORKOUT_BPM, ("user_id", "workout_id", "session_id", "time")),
         TableSpec("silver", "user_bins", USER_BINS, ("user_id",)),
         TableSpec("silver", "date_lookup", DATE_LOOKUP, ("date",)),
         TableSpec("silver", "quarantine", QUARANTINE, ("topic", "partition", "offset")),

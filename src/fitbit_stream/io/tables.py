@@ -1,0 +1,133 @@
+"""Where each contract table lives, and how to create, read and stream it.
+
+Locally a table is a path ``<storage.root>/<layer>/<table>``; with ``storage.catalog`` set (Unity
+Catalog on Databricks) it is the three-part name ``<catalog>.<schema>.<table>``. Every other module
+goes through :class:`Tables`, so the same code runs in both places.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fitbit_stream.config import Config, Layer
+from fitbit_stream.errors import PipelineError
+from fitbit_stream.schemas import TABLES, TableSpec
+
+if TYPE_CHECKING:
+    from delta.tables import DeltaTable
+    from pyspark.sql import DataFrame, DataFrameReader, SparkSession
+    from pyspark.sql.streaming import DataStreamReader, DataStreamWriter, StreamingQuery
+    from pyspark.sql.types import StructType
+
+__all__ = ["TableRef", "Tables"]
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A resolved table: a filesystem path (local) or a catalog name (Unity Catalog)."""
+
+    layer: str
+    name: str
+    path: str | None
+    qualified_name: str | None
+
+    def __str__(self) -> str:
+        return self.qualified_name or self.path or self.name
+
+
+class Tables:
+    """Resolves, creates and opens the tables of one configuration."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+
+    def ref(self, name: str, *, layer: str | None = None) -> TableRef:
+        spec = TABLES.get(name)
+        layer_name = layer or (spec.layer if spec else None)
+        if layer_name is None:
+            raise PipelineError(f"unknown table {name!r}: give its layer")
+        storage = self._config.storage
+        if storage.catalog:
+            schema = storage.schemas[Layer(layer_name)]
+            return TableRef(layer_name, name, None, f"{storage.catalog}.{schema}.{name}")
+        path = str(Path(storage.root).absolute() / layer_name / name)
+        return TableRef(layer_name, name, path, None)
+
+    def checkpoint(self, query_name: str) -> str:
+        """Each query has its own checkpoint directory (sharing one corrupts both)."""
+        root = self._config.storage.checkpoint_root
+        if "://" in root or root.startswith("/Volumes/"):
+            return f"{root.rstrip('/')}/{query_name}"
+        return str(Path(root).absolute() / query_name)
+
+    # --- creation ------------------------------------------------------------------------------
+
+    def ensure(
+        self,
+        spark: SparkSession,
+        name: str,
+        *,
+        schema: StructType | None = None,
+        layer: str | None = None,
+        partition_by: tuple[str, ...] = (),
+        properties: dict[str, str] | None = None,
+    ) -> TableRef:
+        """Create the table empty (schema, partitioning, properties) if it does not exist yet.
+
+        Readers downstream can then start before the first row arrives.
+        """
+        from delta.tables import DeltaTable
+
+        spec: TableSpec | None = TABLES.get(name)
+        ref = self.ref(name, layer=layer)
+        table_schema = schema or (spec.schema if spec else None)
+        if table_schema is None:
+            raise PipelineError(f"table {name!r}: no schema known, pass one")
+        parts = partition_by or (spec.partition_by if spec else ())
+        builder = DeltaTable.createIfNotExists(spark).addColumns(table_schema)
+        builder = builder.location(ref.path) if ref.path else builder.tableName(str(ref.qualified_name))
+        if parts:
+            builder = builder.partitionedBy(*parts)
+        for key, value in (properties or {}).items():
+            builder = builder.property(key, value)
+        builder.execute()
+        return ref
+
+    # --- access --------------------------------------------------------------------------------
+
+    def delta(self, spark: SparkSession, ref: TableRef) -> DeltaTable:
+        from delta.tables import DeltaTable
+
+        if ref.path:
+            return DeltaTable.forPath(spark, ref.path)
+        return DeltaTable.forName(spark, str(ref.qualified_name))
+
+    def read(self, spark: SparkSession, ref: TableRef) -> DataFrame:
+        reader: DataFrameReader = spark.read.format("delta")
+        return reader.load(ref.path) if ref.path else spark.read.table(str(ref.qualified_name))
+
+    def read_stream(self, spark: SparkSession, ref: TableRef, **options: str) -> DataFrame:
+        reader: DataStreamReader = spark.readStream.format("delta").options(**options)
+        return reader.load(ref.path) if ref.path else reader.table(str(ref.qualified_name))
+
+    def exists(self, spark: SparkSession, ref: TableRef) -> bool:
+        from delta.tables import DeltaTable
+
+        if ref.path:
+            return bool(DeltaTable.isDeltaTable(spark, ref.path))
+        return bool(spark.catalog.tableExists(str(ref.qualified_name)))
+
+    def append(self, df: DataFrame, ref: TableRef) -> None:
+        writer = df.write.format("delta").mode("append")
+        if ref.path:
+            writer.save(ref.path)
+        else:
+            writer.saveAsTable(str(ref.qualified_name))
+
+    def start_stream(self, writer: DataStreamWriter, ref: TableRef) -> StreamingQuery:
+        """Start a Delta sink on the table (path locally, catalog name on Unity Catalog)."""
+        if ref.path:
+            return writer.start(ref.path)
+        return writer.toTable(str(ref.qualified_name))

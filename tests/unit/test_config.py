@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fitbit_stream.config import Config, load_config, parse_override
+from fitbit_stream.errors import InvalidConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "databricks.yaml"])
+def test_shipped_configs_validate(name: str) -> None:
+    config = load_config(ROOT / "conf" / name)
+    assert isinstance(config, Config)
+
+
+def test_defaults_follow_the_contract() -> None:
+    config = load_config(None)
+    assert (config.rules.heartrate_min, config.rules.heartrate_max) == (25.0, 250.0)
+    assert config.rules.max_session_hours == 3.0
+    assert config.rules.clock_skew_minutes == 10.0
+    assert config.rules.lateness_horizon_minutes == 60.0
+    assert config.kafka.topics.names() == ["user_info", "bpm", "workout"]
+
+
+@pytest.mark.parametrize(
+    ("override", "attribute", "expected"),
+    [
+        ("kafka.bootstrap_servers=broker:29092", ("kafka", "bootstrap_servers"), "broker:29092"),
+        ("rules.heartrate_max=220", ("rules", "heartrate_max"), 220.0),
+        ("streaming.shuffle_partitions=2", ("streaming", "shuffle_partitions"), 2),
+        ("kafka.topics.bpm=heart", ("kafka", "topics"), None),
+        (
+            "sql.url=jdbc:postgresql://127.0.0.1:5432/fitbit",
+            ("sql", "url"),
+            "jdbc:postgresql://127.0.0.1:5432/fitbit",
+        ),
+        ("landing.enabled=true", ("landing", "enabled"), True),
+    ],
+)
+def test_valid_overrides(override: str, attribute: tuple[str, str], expected: object) -> None:
+    config = load_config(ROOT / "conf" / "local.yaml", [override])
+    value = getattr(getattr(config, attribute[0]), attribute[1])
+    if attribute == ("kafka", "topics"):
+        assert value.bpm == "heart"
+    else:
+        assert value == expected
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("kafka.bogus=1", "kafka.bogus: Extra inputs are not permitted (got 1)"),
+        ("rules.heartrate_min=300", "heartrate_min (300.0) must be below heartrate_max (250.0)"),
+        (
+            "streaming.shuffle_partitions=0",
+            "streaming.shuffle_partitions: Input should be greater than or equal to 1 (got 0)",
+        ),
+        ("kafka.bootstrap_servers=nohostport", "expected host:port[,host:port...], got 'nohostport'"),
+        ("sql.url=postgresql://x", "expected a JDBC URL starting with 'jdbc:', got 'postgresql://x'"),
+        ("sql.url=jdbc:postgresql://h/db?password=hunter2", "must not carry a password"),
+        (
+            "rules.lateness_horizon_minutes=30",
+            "rules.lateness_horizon_minutes: Input should be greater than or equal to 60",
+        ),
+        ("kafka.starting_offsets=middle", "kafka.starting_offsets: Input should be 'earliest' or 'latest'"),
+        ("kafka.options={'sasl.jaas.config': 'secret'}", "carries a secret: set it through options_env"),
+        ("platform=mainframe", "platform: Input should be 'local' or 'databricks'"),
+        ("kafka.enabled=false", None),
+    ],
+)
+def test_invalid_values_name_key_and_value(override: str, message: str | None) -> None:
+    overrides = [override] if message else [override, "sql.enabled=false", "landing.enabled=false"]
+    with pytest.raises(InvalidConfigError) as info:
+        load_config(ROOT / "conf" / "local.yaml", overrides)
+    assert (message or "enable at least one source") in str(info.value)
+
+
+def test_secret_in_rejected_url_is_not_echoed() -> None:
+    with pytest.raises(InvalidConfigError) as info:
+        load_config(None, ["sql.url=jdbc:sqlserver://h;password=hunter2"])
+    assert "must not carry a password" in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(InvalidConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kafka: [unclosed\n")
+    with pytest.raises(InvalidConfigError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just a string\n")
+    with pytest.raises(InvalidConfigError, match="expected a mapping"):
+        load_config(scalar)
+
+
+def test_config_is_frozen() -> None:
+    config = load_config(None)
+    with pytest.raises(Exception, match="frozen"):
+        config.rules.heartrate_min = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a.b=1", (["a", "b"], 1)),
+        ("a.b=x", (["a", "b"], "x")),
+        ("a=", (["a"], "")),
+        ("a.b=[1, 2]", (["a", "b"], [1, 2])),
+    ],
+)
+def test_parse_override(text: str, expected: tuple[list[str], object]) -> None:
+    assert parse_override(text) == expected
+
+
+@pytest.mark.parametrize("text", ["novalue", "=1", "."])
+def test_parse_override_rejects(text: str) -> None:
+    with pytest.raises(InvalidConfigError, match=r"expected section\.key=value"):
+        parse_override(text)
+
+
+def test_password_comes_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(None, ["sql.password_env=FITBIT_TEST_PW"])
+    monkeypatch.delenv("FITBIT_TEST_PW", raising=False)
+    with pytest.raises(InvalidConfigError, match="'FITBIT_TEST_PW' is not set"):
+        config.sql.password()
+    monkeypatch.setenv("FITBIT_TEST_PW", "canary-3f9a")
+    secret = config.sql.password()
+    assert secret is not None
+    assert secret.get_secret_value() == "canary-3f9a"
+    assert "canary-3f9a" not in repr(secret)
+    assert "canary-3f9a" not in config.model_dump_json()
