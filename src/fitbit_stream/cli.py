@@ -9,11 +9,17 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from fitbit_stream import __version__
 from fitbit_stream.config import Config, load_config
 from fitbit_stream.errors import FitbitStreamError
+
+if TYPE_CHECKING:
+    from fitbit_stream.generator import GeneratorConfig, Progress
 
 log = logging.getLogger("fitbit_stream")
 
@@ -27,6 +33,21 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="SECTION.KEY=VALUE",
         help="override one setting (repeatable), e.g. --set kafka.bootstrap_servers=localhost:9092",
+    )
+
+
+def _instant(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _add_generator_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--days", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--start", type=_instant, default=datetime(2025, 3, 3, tzinfo=UTC), help="simulated start")
+    parser.add_argument(
+        "--chaos", type=float, default=0.0, help="rate of duplicate/out-of-order/late/malformed records (0 = off)"
     )
 
 
@@ -63,6 +84,116 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_platform(args: argparse.Namespace) -> int:
+    from fitbit_stream.platform.kafka import KafkaBroker
+    from fitbit_stream.platform.postgres import PostgresServer
+
+    config = _config(args)
+    broker = KafkaBroker.from_config(config)
+    postgres = PostgresServer.from_config(config) if args.postgres else None
+    if args.action == "start":
+        status = broker.start()
+        broker.ensure_topics(config.kafka.topics.names(), config.kafka.partitions)
+        verb = "started" if status.started else "already running"
+        print(f"[platform] kafka {verb}: {status.bootstrap_servers} (pid {status.pid}, log {status.log_file})")
+        if postgres is not None:
+            pg = postgres.start()
+            print(f"[platform] postgres running: {postgres.jdbc_url()} (pid {pg.pid})")
+    elif args.action == "stop":
+        print(f"[platform] kafka {'stopped' if broker.stop() else 'was not running'}")
+        if postgres is not None:
+            print(f"[platform] postgres {'stopped' if postgres.stop() else 'was not running'}")
+    else:
+        status = broker.status()
+        state = f"running at {status.bootstrap_servers} (pid {status.pid})" if status.running else "stopped"
+        print(f"[platform] kafka {state}; topics: {', '.join(status.topics) or '-'}")
+        if postgres is not None:
+            pg = postgres.status()
+            print(f"[platform] postgres {'running' if pg.running else 'stopped'}")
+    return 0
+
+
+def _knobs(args: argparse.Namespace, config: Config) -> GeneratorConfig:
+    from fitbit_stream.generator import ChaosConfig, GeneratorConfig, realtime_start
+
+    start = realtime_start() if args.pace == "realtime" else args.start
+    return GeneratorConfig(
+        seed=args.seed,
+        users=args.users,
+        days=args.days,
+        start=start,
+        topics=config.kafka.topics,
+        max_session_hours=config.rules.max_session_hours,
+        chaos=ChaosConfig.on(args.chaos) if args.chaos > 0 else ChaosConfig(),
+    )
+
+
+def _print_progress(p: Progress) -> None:
+    print(f"[generate] {p.emitted:>10}/{p.total} emitted, {p.rate:,.0f}/s" + (" (done)" if p.done else ""), flush=True)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from fitbit_stream.generator.run import GenerateRequest, generate
+
+    config = _config(args)
+    request = GenerateRequest(
+        knobs=_knobs(args, config),
+        since=args.since,
+        until=args.until,
+        main=args.wave in ("main", "all"),
+        late_wave=args.wave in ("late", "all"),
+        pace=args.pace,
+        truth_dir=args.truth,
+        sql_timestamps=args.sql_timestamps,
+    )
+    world, result = generate(config, request, progress=_print_progress)
+    print(
+        f"[generate] {result.kafka_messages} Kafka records and {result.sql_statements} SQL statements "
+        f"in {result.elapsed_seconds:.1f}s (users={world.config.users}, days={world.config.days}, "
+        f"seed={world.config.seed})" + (f"; ground truth in {args.truth}" if args.truth else "")
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start the local platform, generate a realistic day, run the pipeline until drained."""
+    from fitbit_stream.generator.run import GenerateRequest, generate
+    from fitbit_stream.pipeline import Pipeline
+    from fitbit_stream.platform.kafka import KafkaBroker
+    from fitbit_stream.session import get_spark
+
+    config = _config(args)
+    timings: list[tuple[str, float]] = []
+
+    def stage(name: str, started: float) -> None:
+        timings.append((name, time.monotonic() - started))
+        print(f"[demo] {name}: {timings[-1][1]:.1f}s", flush=True)
+
+    t = time.monotonic()
+    if config.kafka.enabled:
+        broker = KafkaBroker.from_config(config)
+        broker.start()
+        broker.ensure_topics(config.kafka.topics.names(), config.kafka.partitions)
+    stage("start platform", t)
+
+    t = time.monotonic()
+    truth = Path(config.platform_dir) / "truth"
+    request = GenerateRequest(knobs=_knobs(args, config), late_wave=False, truth_dir=truth)
+    _, result = generate(config, request, progress=_print_progress)
+    print(f"[demo] generated {result.kafka_messages} Kafka records, {result.sql_statements} SQL rows; truth in {truth}")
+    stage("generate", t)
+
+    t = time.monotonic()
+    spark = get_spark(config)
+    report = Pipeline(spark, config).run_once(progress=lambda msg: print(f"[run] {msg}", flush=True))
+    print(report.table())
+    stage("pipeline", t)
+
+    print(f"[demo] tables under {Path(config.storage.root).absolute()}")
+    print("[demo] elapsed per stage: " + ", ".join(f"{name} {secs:.1f}s" for name, secs in timings))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     """Print the validated configuration (secrets are never part of it)."""
     config = _config(args)
@@ -83,6 +214,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run)
     run.add_argument("--once", action="store_true", help="drain all available input, then exit")
     run.set_defaults(func=cmd_run)
+
+    plat = sub.add_parser("platform", help="start, stop or inspect the local Kafka broker (and PostgreSQL)")
+    plat.add_argument("action", choices=["start", "stop", "status"])
+    plat.add_argument("--postgres", action="store_true", help="also the local PostgreSQL server (e2e tests)")
+    _add_config_args(plat)
+    plat.set_defaults(func=cmd_platform)
+
+    gen = sub.add_parser("generate", help="emit a deterministic synthetic world to Kafka/landing files and SQL")
+    _add_config_args(gen)
+    _add_generator_args(gen)
+    gen.add_argument("--since", type=_instant, default=None, help="emit from this simulated instant (ISO, UTC)")
+    gen.add_argument("--until", type=_instant, default=None, help="emit up to this simulated instant (ISO, UTC)")
+    gen.add_argument(
+        "--wave",
+        choices=["main", "late", "all"],
+        default="main",
+        help="main data, the held-back late records (chaos), or both",
+    )
+    gen.add_argument("--pace", choices=["fast", "realtime"], default="fast")
+    gen.add_argument("--truth", type=Path, default=None, help="write the simulated ground truth here")
+    gen.add_argument("--sql-timestamps", choices=["timestamp", "epoch"], default="timestamp")
+    gen.set_defaults(func=cmd_generate)
+
+    demo = sub.add_parser("demo", help="the main job end to end on local defaults")
+    _add_config_args(demo)
+    _add_generator_args(demo)
+    demo.set_defaults(func=cmd_demo, pace="fast")
 
     show = sub.add_parser("config", help="validate a config and print it")
     _add_config_args(show)
