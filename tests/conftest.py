@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,11 @@ from fitbit_stream.config import Config, load_config
 from fitbit_stream.session import get_spark
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Spark hands TIMESTAMP values to Python as naive datetimes in the process's time zone: pin it to
+# UTC so literal expected rows mean the same instants on every machine.
+os.environ["TZ"] = "UTC"
+time.tzset()
 
 
 @pytest.fixture(scope="session")
