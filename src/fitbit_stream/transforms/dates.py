@@ -8,10 +8,13 @@ Sunday late enough to keep it in 52, e.g. ``2023-53``.
 
 from __future__ import annotations
 
-from pyspark.sql import Column
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-__all__ = ["epoch_seconds_to_timestamp", "us_week", "week_part"]
+from fitbit_stream.errors import InvalidConfigError
+from fitbit_stream.schemas import DATE_LOOKUP
+
+__all__ = ["date_lookup", "epoch_seconds_to_timestamp", "us_week", "week_part", "years_of"]
 
 
 def _col(c: str | Column) -> Column:
@@ -39,3 +42,37 @@ def epoch_seconds_to_timestamp(seconds: str | Column) -> Column:
     """
     micros = F.round(_col(seconds).cast("decimal(38,9)") * F.lit(1_000_000), 0).cast("long")
     return F.timestamp_micros(micros)
+
+
+def years_of(df: DataFrame, *cols: str | Column) -> DataFrame:
+    """The distinct calendar years (column ``year`` INT) of the given DATE/TIMESTAMP columns, NULLs
+    skipped; one pass over ``df`` whatever the number of columns."""
+    if not cols:
+        raise InvalidConfigError("years_of: name at least one date or timestamp column, got none")
+    years = F.explode(F.array(*(F.year(_col(c)).cast("int") for c in cols)))
+    return df.select(years.alias("year")).where(F.col("year").isNotNull()).distinct()
+
+
+def date_lookup(years: DataFrame, *, year_col: str = "year") -> DataFrame:
+    """Every day of every year in ``years[year_col]`` with its calendar attributes (``date_lookup``
+    schema): US week and ``week_part`` (§3.5), ``dayofweek`` 1 = Sunday … 7 = Saturday."""
+    y = F.col("_year")
+    days = F.sequence(F.make_date(y, F.lit(1), F.lit(1)), F.make_date(y, F.lit(12), F.lit(31)))
+    dates = (
+        years.select(F.col(year_col).cast("int").alias("_year"))
+        .where(F.col("_year").isNotNull())
+        .distinct()
+        .select(F.explode(days).alias("date"))
+    )
+    d = F.col("date")
+    columns = {
+        "date": d,
+        "week": us_week(d),
+        "year": F.year(d),
+        "month": F.month(d),
+        "dayofweek": F.dayofweek(d),
+        "dayofmonth": F.dayofmonth(d),
+        "dayofyear": F.dayofyear(d),
+        "week_part": week_part(d),
+    }
+    return dates.select(*(columns[f.name].cast(f.dataType).alias(f.name) for f in DATE_LOOKUP.fields))
