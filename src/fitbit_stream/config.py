@@ -144,9 +144,7 @@ class SqlConfig(_Model):
     enabled: bool = True
     url: str = "jdbc:sqlite:data/source.db"
     user: str | None = None
-    password_env: str | None = Field(
-        default=None, description="name of the environment variable holding the password"
-    )
+    password_env: str | None = Field(default=None, description="name of the environment variable holding the password")
     registered_users_table: str = "registered_users"
     gym_logins_table: str = "gym_logins"
     poll_interval_seconds: float = Field(default=30.0, gt=0)
@@ -176,9 +174,7 @@ class SqlConfig(_Model):
             return None
         value = os.environ.get(self.password_env)
         if value is None:
-            raise InvalidConfigError(
-                f"sql.password_env: environment variable {self.password_env!r} is not set"
-            )
+            raise InvalidConfigError(f"sql.password_env: environment variable {self.password_env!r} is not set")
         return SecretStr(value)
 
 
@@ -195,9 +191,7 @@ class RulesConfig(_Model):
     @model_validator(mode="after")
     def _bounds(self) -> RulesConfig:
         if self.heartrate_min >= self.heartrate_max:
-            raise ValueError(
-                f"heartrate_min ({self.heartrate_min}) must be below heartrate_max ({self.heartrate_max})"
-            )
+            raise ValueError(f"heartrate_min ({self.heartrate_min}) must be below heartrate_max ({self.heartrate_max})")
         return self
 
 

@@ -265,9 +265,7 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("silver", "user_profile_history", USER_PROFILE_HISTORY, ("user_id", "valid_from")),
         TableSpec("silver", "heart_rate", HEART_RATE, ("device_id", "time")),
         TableSpec("silver", "workouts", WORKOUTS, ("user_id", "workout_id", "session_id", "action")),
-        TableSpec(
-            "silver", "completed_workouts", COMPLETED_WORKOUTS, ("user_id", "workout_id", "session_id")
-        ),
+        TableSpec("silver", "completed_workouts", COMPLETED_WORKOUTS, ("user_id", "workout_id", "session_id")),
         TableSpec("silver", "workout_bpm", WORKOUT_BPM, ("user_id", "workout_id", "session_id", "time")),
         TableSpec("silver", "user_bins", USER_BINS, ("user_id",)),
         TableSpec("silver", "date_lookup", DATE_LOOKUP, ("date",)),

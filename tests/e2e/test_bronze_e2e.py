@@ -34,13 +34,13 @@ def _snapshot(conninfo: str) -> tuple[set[tuple[object, ...]], set[tuple[object,
         return None if ts is None else ts.astimezone(UTC).replace(tzinfo=None)
 
     with psycopg.connect(conninfo) as conn:
-        users = {
+        users: set[tuple[object, ...]] = {
             (r[0], r[1], r[2], naive(r[3]))
             for r in conn.execute(
                 "SELECT user_id, device_id, mac_address, registration_timestamp FROM registered_users"
             ).fetchall()
         }
-        visits = {
+        visits: set[tuple[object, ...]] = {
             (r[0], r[1], naive(r[2]), naive(r[3]))
             for r in conn.execute("SELECT mac_address, gym, login, logout FROM gym_logins").fetchall()
         }

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     BinaryType,
@@ -119,20 +119,12 @@ def test_landing_to_bronze_converts_epoch_seconds_exactly(spark: SparkSession) -
             '"timestamp": 1700000000.123456}',
         ),
         # 1680000000.5 s is not representable in a FLOAT (2023 instants round to 128 s steps)
-        (
-            '{"key": "2", "value": "x", "topic": "bpm", "partition": 1, "offset": 4, "timestamp": 1680000000.5}',
-        ),
-        (
-            '{"key": null, "value": null, "topic": "bpm", "partition": 1, "offset": 5, "timestamp": 1680000000}',
-        ),
+        ('{"key": "2", "value": "x", "topic": "bpm", "partition": 1, "offset": 4, "timestamp": 1680000000.5}',),
+        ('{"key": null, "value": null, "topic": "bpm", "partition": 1, "offset": 5, "timestamp": 1680000000}',),
     ]
     from fitbit_stream.schemas import LANDING_RECORD
 
-    lines = (
-        spark.createDataFrame(rows, ["line"])
-        .select(F.from_json("line", LANDING_RECORD).alias("r"))
-        .select("r.*")
-    )
+    lines = spark.createDataFrame(rows, ["line"]).select(F.from_json("line", LANDING_RECORD).alias("r")).select("r.*")
     actual = lines.transform(landing_to_bronze, load_time=F.lit(LOAD))
     expected = spark.createDataFrame(
         [
@@ -178,9 +170,7 @@ def test_landing_to_bronze_converts_epoch_seconds_exactly(spark: SparkSession) -
         (None, None),
     ],
 )
-def test_sql_timestamp_accepts_both_encodings(
-    spark: SparkSession, text: str | None, expected: datetime | None
-) -> None:
+def test_sql_timestamp_accepts_both_encodings(spark: SparkSession, text: str | None, expected: datetime | None) -> None:
     df = spark.createDataFrame([(text,)], "t string").select(sql_timestamp("t").alias("ts"))
     assert df.collect()[0]["ts"] == expected
 
@@ -229,7 +219,7 @@ def sqlite_config(tmp_path: Path, spark_config: Config) -> Config:
     )
 
 
-def _bronze(spark: SparkSession, config: Config, name: str) -> object:
+def _bronze(spark: SparkSession, config: Config, name: str) -> DataFrame:
     tables = Tables(config)
     return tables.read(spark, tables.ref(name)).drop("load_time")
 
@@ -238,9 +228,7 @@ def test_sql_ingest_lands_every_row_version_once(spark: SparkSession, sqlite_con
     db = sqlite_config.sql.url.removeprefix("jdbc:sqlite:")
     with sqlite3.connect(db) as conn:
         # both accepted encodings: a SQL timestamp literal and numeric epoch seconds
-        conn.execute(
-            "INSERT INTO registered_users VALUES (1, 101, 'aa:bb:cc:dd:ee:01', '2025-03-01 08:00:00')"
-        )
+        conn.execute("INSERT INTO registered_users VALUES (1, 101, 'aa:bb:cc:dd:ee:01', '2025-03-01 08:00:00')")
         conn.execute("INSERT INTO registered_users VALUES (2, 102, 'aa:bb:cc:dd:ee:02', 1740816000.25)")
         conn.execute("INSERT INTO gym_logins VALUES ('aa:bb:cc:dd:ee:01', 1, '2025-03-03 10:00:00', NULL)")
     first = ingest_sql_sources(spark, sqlite_config)

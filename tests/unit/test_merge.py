@@ -32,6 +32,7 @@ def test_insert_if_absent_first_ingested_wins_and_replay_is_a_no_op(spark: Spark
     from pyspark.sql.types import StructType
 
     schema = StructType.fromDDL(SCHEMA)
+    assert isinstance(schema, StructType)  # fromDDL is typed as returning any DataType
     ref = tables.ensure(spark, "hr", schema=schema, layer="silver")
     batch1 = spark.createDataFrame(
         [(7, T0, 61.0, 2), (7, T0, 99.0, 1), (7, T1, None, 3), (8, T0, 70.0, 4)],  # duplicate key, NULL value
@@ -55,7 +56,9 @@ def test_replace_scopes_diffs_inserts_updates_deletes_atomically(spark: SparkSes
     from pyspark.sql.types import StructType
 
     schema = "user_id bigint, session_id int, time timestamp, heartrate double"
-    ref = tables.ensure(spark, "wb", schema=StructType.fromDDL(schema), layer="silver")
+    struct = StructType.fromDDL(schema)
+    assert isinstance(struct, StructType)  # fromDDL is typed as returning any DataType
+    ref = tables.ensure(spark, "wb", schema=struct, layer="silver")
     tables.append(
         spark.createDataFrame(
             [

@@ -31,7 +31,7 @@ from fitbit_stream.transforms.bronze import (
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
-    from pyspark.sql.streaming import StreamingQuery
+    from pyspark.sql.streaming.query import StreamingQuery  # the package re-exports it implicitly
 
 __all__ = ["SqlIngestResult", "Trigger", "ingest_sql_sources", "start_kafka_bronze", "start_landing_bronze"]
 
@@ -54,8 +54,9 @@ def _start_multiplex(
         .outputMode("append")
         .option("checkpointLocation", tables.checkpoint(query_name))
         .partitionBy("topic", "week_part")
-        .trigger(**trigger)  # type: ignore[arg-type]  # pyspark's overloads take one keyword each
     )
+    # pyspark's overloads take exactly one typed keyword each; a Trigger holds one of them.
+    writer = writer.trigger(**trigger)  # type: ignore[call-overload]
     return tables.start_stream(writer, ref)
 
 

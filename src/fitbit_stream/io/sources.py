@@ -94,9 +94,7 @@ def _as_text(column: str, dialect: str) -> str:
 
 
 def sql_source_query(table: str, logical: str, dialect: str) -> str:
-    columns = ", ".join(
-        _as_text(name, dialect) if is_ts else name for name, is_ts in SQL_TABLE_COLUMNS[logical]
-    )
+    columns = ", ".join(_as_text(name, dialect) if is_ts else name for name, is_ts in SQL_TABLE_COLUMNS[logical])
     return f"SELECT {columns} FROM {table}"
 
 
@@ -109,9 +107,7 @@ def read_sql_table(spark: SparkSession, sql: SqlConfig, logical: str) -> DataFra
         .option("driver", JDBC_DRIVERS[sql.dialect])
         .option("query", sql_source_query(table, logical, sql.dialect))
         # Read the rendered timestamps as strings whatever type the driver guesses for them.
-        .option(
-            "customSchema", ", ".join(f"{name} STRING" for name, is_ts in SQL_TABLE_COLUMNS[logical] if is_ts)
-        )
+        .option("customSchema", ", ".join(f"{name} STRING" for name, is_ts in SQL_TABLE_COLUMNS[logical] if is_ts))
     )
     if sql.user:
         reader = reader.option("user", sql.user)

@@ -18,7 +18,8 @@ from fitbit_stream.schemas import TABLES, TableSpec
 if TYPE_CHECKING:
     from delta.tables import DeltaTable
     from pyspark.sql import DataFrame, DataFrameReader, SparkSession
-    from pyspark.sql.streaming import DataStreamReader, DataStreamWriter, StreamingQuery
+    from pyspark.sql.streaming.query import StreamingQuery  # the package re-exports it implicitly
+    from pyspark.sql.streaming.readwriter import DataStreamReader, DataStreamWriter
     from pyspark.sql.types import StructType
 
 __all__ = ["TableRef", "Tables"]
