@@ -38,7 +38,7 @@ from fitbit_stream.generator import (
     realtime_start,
     write_truth,
 )
-from fitbit_stream.generator.model import from_us, iso, to_us
+from fitbit_stream.generator.model import ChaosKind, from_us, iso, to_us
 
 US = 1_000_000
 START = datetime(2025, 3, 3, tzinfo=UTC)
@@ -178,12 +178,29 @@ def test_config_defaults_and_validation() -> None:
     assert cfg.chaos.resolve(10_000) == (0, 0, 0, 0, 0)
     assert ChaosConfig(rate=0.001).resolve(10_000) == (10, 10, 10, 10, 10)
     assert ChaosConfig(rate=0.001, late=0).resolve(10_000).late == 0
+    assert ChaosConfig(late=5).resolve(10_000) == (0, 5, 0, 0, 0)
     with pytest.raises(ValueError, match="time zone"):
         GeneratorConfig(start=datetime(2025, 3, 3))  # the naive datetime under test
     with pytest.raises(ValueError, match="users"):
         GeneratorConfig(users=0)
     with pytest.raises(ValueError, match="late_age_minutes"):
         ChaosConfig(late_age_minutes=30)
+
+
+def test_rate_counts_are_per_topic_rounded_half_up_with_one_for_a_small_topic() -> None:
+    chaos = ChaosConfig(rate=0.001)
+    assert chaos.rate_counts(206_743) == (207, 207, 207, 207, 207)
+    assert chaos.rate_counts(2_500) == (3, 3, 3, 3, 3), "half up, not half to even"
+    user_info: tuple[ChaosKind, ...] = ("duplicates", "late", "malformed_json", "schema_violations")
+    assert chaos.rate_counts(1_500, kinds=user_info) == (2, 2, 2, 2, 0)
+    # A small topic gets one bad record in all, not one of every kind.
+    assert chaos.rate_counts(68, kinds=user_info) == (0, 0, 0, 1, 0)
+    assert chaos.rate_counts(68, kinds=("late", "future")) == (0, 0, 0, 0, 1)
+    assert chaos.rate_counts(0) == (0, 0, 0, 0, 0)
+    assert chaos.rate_counts(68, kinds=()) == (0, 0, 0, 0, 0)
+    assert ChaosConfig().rate_counts(10_000) == (0, 0, 0, 0, 0)
+    assert ChaosConfig(rate=0.001, schema_violations=4).resolve(100) == (0, 0, 1, 4, 0)
+    assert ChaosConfig(rate=0.001, schema_violations=4).explicit_kinds() == {"schema_violations"}
 
 
 # --- determinism ---------------------------------------------------------------------------------
@@ -200,6 +217,14 @@ def test_same_seed_gives_identical_emissions_and_truth(tmp_path: Path) -> None:
     write_truth(build_world(cfg), tmp_path / "b")
     for name in TRUTH_FILES:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_rate_chaos_is_deterministic() -> None:
+    cfg = GeneratorConfig(seed=3, users=5, days=0.5, chaos=ChaosConfig.on(0.01))
+    first = build_world(cfg)
+    assert first.chaos_counts == build_world(cfg).chaos_counts
+    assert _emissions(cfg) == _emissions(cfg)
+    assert first.bad_records() == build_world(cfg).bad_records()
 
 
 def test_different_seed_or_knob_gives_different_emissions() -> None:
@@ -412,6 +437,47 @@ def test_every_bad_record_breaks_the_contract_as_its_truth_says(
             assert obj["action"] == "stop"
             assert sent[coords] == 1
     assert sum(late_sent.values()) == 20
+
+
+def test_rate_chaos_is_sparse_on_every_topic() -> None:
+    world = build_world(GeneratorConfig(seed=42, users=50, days=1, chaos=ChaosConfig.on(0.001)))
+    counts = world.counts()
+    good = {
+        "bpm": counts["readings"],
+        "user_info": len(world.profile_changes),
+        "workout": sum(1 + (s.stop_value is not None) for s in world.sessions),
+    }
+    bad = world.bad_records()
+    # Invalid sessions are part of the simulation (members misusing the app), not injected chaos.
+    chaos_bad = Counter(b.topic for b in bad if b.reason != "invalid_session")
+    extra = Counter(b.topic for b in bad if b.injected and b.reason != "late")
+    for topic, n in good.items():
+        assert n > 0, topic
+        assert 1 <= chaos_bad[topic] <= 0.01 * n + 1, (topic, chaos_bad[topic], n)
+        duplicates = counts["kafka_messages"][topic] - n - extra[topic]
+        assert 0 <= duplicates <= 0.001 * n + 1, (topic, duplicates, n)
+    reasons = Counter((b.topic, b.reason) for b in bad)
+    for reason in ("late", "malformed_json", "schema_violation", "future"):
+        assert reasons[("bpm", reason)] == int(0.001 * good["bpm"] + 0.5), reason
+    # The small topics each get their one record, drawn from their own messages.
+    assert reasons[("user_info", "schema_violation")] == reasons[("workout", "schema_violation")] == 1
+    complete = [s for s in world.sessions if s.status == "complete"]
+    late_values = {b.value for b in world.late_records() if b.topic == "workout"}
+    in_main = [s for s in complete if s.stop_delivery == "main" and s.stop_value not in late_values]
+    assert len(complete) >= 20
+    assert len(in_main) >= 0.9 * len(complete)
+
+
+def test_explicit_counts_cover_every_topic_but_hold_back_few_stops(world: World) -> None:
+    late = Counter(b.topic for b in world.late_records())
+    assert set(late) == set(TOPICS), "an explicit count reaches every topic"
+    assert sum(late.values()) == 20, "what the small topics cannot take goes to the readings"
+    complete = [s for s in world.sessions if s.status == "complete"]
+    held = [s for s in complete if s.stop_delivery == "late"]
+    assert late["workout"] == len(held) <= max(1, len(complete) // 10)
+    assert late["user_info"] <= max(1, len(world.profile_changes) // 10)
+    bad = Counter(b.topic for b in world.bad_records() if b.reason in ("malformed_json", "schema_violation"))
+    assert set(bad) == set(TOPICS)
 
 
 def test_duplicates_and_shuffled_delivery(stream: list[tuple[int, Any, str]]) -> None:

@@ -7,6 +7,7 @@ JSON numbers are formatted from it as exact decimal text, never through a float.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Literal, NamedTuple
@@ -16,9 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from fitbit_stream.config import KafkaTopics
 
 __all__ = [
+    "CHAOS_KINDS",
     "DEFAULT_START",
     "ChaosConfig",
     "ChaosCounts",
+    "ChaosKind",
     "Emission",
     "GeneratorConfig",
     "KafkaEmission",
@@ -97,7 +100,7 @@ class _Model(BaseModel):
 
 
 class ChaosCounts(NamedTuple):
-    """How many records of each kind of trouble a world carries (resolved from ChaosConfig)."""
+    """How many records of each kind of trouble a world (or one topic of it) carries."""
 
     duplicates: int
     late: int
@@ -106,13 +109,38 @@ class ChaosCounts(NamedTuple):
     future: int
 
 
+ChaosKind = Literal["duplicates", "late", "malformed_json", "schema_violations", "future"]
+#: The kinds of trouble, in the order of the ChaosCounts fields.
+CHAOS_KINDS: tuple[ChaosKind, ...] = ("duplicates", "late", "malformed_json", "schema_violations", "future")
+# The one record a small topic gets when ``rate`` rounds every kind to zero: a bad record (not a
+# duplicate) that any non-empty topic can carry, so the topic's quarantine path is exercised.
+_FALLBACK_ORDER: tuple[ChaosKind, ...] = ("schema_violations", "malformed_json", "future", "late", "duplicates")
+
+
 class ChaosConfig(_Model):
     """Trouble injected into the Kafka stream; everything is off by default.
 
-    Each count, when not set, is ``ceil(rate * good messages)``. ``late`` records are held back
-    and only emitted in the late wave (``emit(..., late_wave=True)``); their event times are at
-    least ``late_age_minutes`` older than the greatest event time of their topic in the main data,
-    so they are late for any lateness horizon below that, whatever the micro-batch split.
+    **Counts from ``rate``** are per topic, so bad data is equally sparse on every topic: each kind
+    of trouble that applies to a topic gets ``round(rate * the topic's good messages)`` records
+    (half up), all drawn from that topic. A non-empty topic whose every kind rounds to zero still
+    gets exactly one record (the first rate-derived kind of schema_violations, malformed_json,
+    future, late, duplicates that applies), so with ``rate > 0`` each topic's quarantine path is
+    exercised; a small topic therefore carries about one bad record, a big one about ``rate`` per
+    kind. ``future`` applies to the device topics (bpm, workout) only.
+
+    **Explicit counts** (``late=5``...) are world-wide and keep the historical split, meant for
+    tests that want every variant: malformed_json and schema_violations cycle through every
+    variant of :mod:`~fitbit_stream.generator.chaos` (each topic in turn), future alternates bpm
+    and workout, duplicates go 30% to user_info/workout events and the rest to readings, late goes
+    20% to workout stops, 20% to user_info updates and the rest (with whatever those two could not
+    take) to blocks of readings. Explicit and rate-derived kinds can be mixed.
+
+    ``late`` records are held back and only emitted in the late wave (``emit(..., late_wave=True)``);
+    their event times are at least ``late_age_minutes`` older than the greatest event time of their
+    topic in the main data, so they are late for any lateness horizon below that, whatever the
+    micro-batch split. Only the stops of complete sessions, profile updates and readings are held
+    back, never more than 10% of a topic's messages or of the complete sessions (at least one may
+    always be held back, so an explicit count covers every topic of a small world).
     """
 
     rate: float = Field(default=0.0, ge=0.0, le=0.2)
@@ -133,19 +161,33 @@ class ChaosConfig(_Model):
         """Every kind of trouble at ``rate`` with a shuffled delivery order."""
         return cls(rate=rate, shuffle_window_seconds=shuffle_window_seconds)
 
-    def resolve(self, good_messages: int) -> ChaosCounts:
-        def count(explicit: int | None) -> int:
-            if explicit is not None:
-                return explicit
-            return math.ceil(self.rate * good_messages) if self.rate > 0 else 0
+    def explicit_kinds(self) -> frozenset[ChaosKind]:
+        """The kinds of trouble given an explicit count (the others come from ``rate``)."""
+        return frozenset(k for k in CHAOS_KINDS if getattr(self, k) is not None)
 
-        return ChaosCounts(
-            duplicates=count(self.duplicates),
-            late=count(self.late),
-            malformed_json=count(self.malformed_json),
-            schema_violations=count(self.schema_violations),
-            future=count(self.future),
-        )
+    def rate_counts(self, good_messages: int, *, kinds: Collection[ChaosKind] = CHAOS_KINDS) -> ChaosCounts:
+        """What ``rate`` asks of one topic of ``good_messages`` good messages, for ``kinds`` only.
+
+        ``kinds`` are the kinds that apply to the topic and have no explicit count; the others are 0.
+        """
+        zero = dict.fromkeys(CHAOS_KINDS, 0)
+        if self.rate <= 0 or good_messages <= 0 or not kinds:
+            return ChaosCounts(**zero)
+        # Half up rather than Python's half-to-even: a rate reads the same at every size.
+        each = math.floor(self.rate * good_messages + 0.5)
+        if each == 0:
+            first = next(k for k in _FALLBACK_ORDER if k in kinds)
+            return ChaosCounts(**{**zero, first: 1})
+        return ChaosCounts(**{**zero, **dict.fromkeys(kinds, each)})
+
+    def resolve(self, good_messages: int) -> ChaosCounts:
+        """The counts of a world of a single topic of ``good_messages`` good messages.
+
+        An explicit count is returned as given; the others follow the per-topic rule of ``rate``.
+        """
+        explicit = self.explicit_kinds()
+        rated = self.rate_counts(good_messages, kinds=[k for k in CHAOS_KINDS if k not in explicit])
+        return ChaosCounts(*(getattr(self, k) if k in explicit else n for k, n in zip(CHAOS_KINDS, rated, strict=True)))
 
 
 class GeneratorConfig(_Model):

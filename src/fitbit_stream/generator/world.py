@@ -33,11 +33,13 @@ from fitbit_stream.generator.chaos import (
     schema_violation_value,
 )
 from fitbit_stream.generator.model import (
+    CHAOS_KINDS,
     DAY,
     HOUR,
     MINUTE,
     US,
     ChaosCounts,
+    ChaosKind,
     Emission,
     GeneratorConfig,
     KafkaEmission,
@@ -71,6 +73,13 @@ Reason = Literal["malformed_json", "schema_violation", "future", "late", "invali
 # Ranks order the sources of one instant: SQL first (a registration exists before its readings).
 _RANK_SQL, _RANK_USER_INFO, _RANK_WORKOUT, _RANK_BPM, _RANK_BAD = 0, 1, 2, 3, 4
 _DUP, _LATE = "dup", "late"
+_ROLES: tuple[Role, ...] = ("user_info", "bpm", "workout")
+# The kinds of trouble each topic can carry: a profile change has no device clock to run ahead.
+_ROLE_KINDS: dict[Role, tuple[ChaosKind, ...]] = {
+    "user_info": ("duplicates", "late", "malformed_json", "schema_violations"),
+    "bpm": CHAOS_KINDS,
+    "workout": CHAOS_KINDS,
+}
 
 
 def _rng(seed: int, *parts: object) -> random.Random:
@@ -741,17 +750,56 @@ class World:
 
     def _plan_chaos(self) -> None:
         chaos = self.config.chaos
-        total_readings = sum(v.readings for v in self.visits)
-        good = total_readings + len(self._planned_events)
-        counts = chaos.resolve(good)
-        self.chaos_counts = counts
-        rng = _rng(self.seed, "chaos")
-        late_age = round(chaos.late_age_minutes * MINUTE)
-        flags: dict[int, str] = {}  # planned event index -> chaos flag
-        reading_flags = self._reading_flags
+        explicit = chaos.explicit_kinds()
         readable = [v for v in self.visits if v.readings > 0]
         cum = list(_cumsum(v.readings for v in readable))
-        not_complete = {(s.user_id, s.session_id) for s in self.sessions if s.status != "complete"}
+        good: dict[Role, int] = {
+            "user_info": sum(1 for p in self._planned_events if p.rank == _RANK_USER_INFO),
+            "bpm": cum[-1] if cum else 0,
+            "workout": sum(1 for p in self._planned_events if p.rank == _RANK_WORKOUT),
+        }
+        # Counts from the rate are per topic, so a 1 Hz topic cannot swamp the small ones.
+        per_role = {
+            role: chaos.rate_counts(good[role], kinds=[k for k in _ROLE_KINDS[role] if k not in explicit])
+            for role in _ROLES
+        }
+        self.chaos_counts = ChaosCounts(
+            *(getattr(chaos, k) if k in explicit else sum(getattr(per_role[r], k) for r in _ROLES) for k in CHAOS_KINDS)
+        )
+        rng = _rng(self.seed, "chaos")
+        flags: dict[int, str] = {}  # planned event index -> chaos flag
+        self._plan_late(flags, per_role, good, readable, rng)
+        self._plan_duplicates(flags, per_role, readable, cum, rng)
+        self._event_flags = flags
+        self._plan_bad_records(per_role, readable, cum)
+
+        # The planned (non-reading) Kafka items of the main stream, and the late ones held back.
+        for p in self._planned_events:
+            flag = flags.get(p.n)
+            if flag == _LATE:
+                self._late_events.append(p)
+            self._event_items.append((p.order_us, p.rank, p.n, 0, p.emission, flag, "good"))
+        self._finish_truth_records()
+
+    def _plan_late(
+        self,
+        flags: dict[int, str],
+        per_role: dict[Role, ChaosCounts],
+        good: dict[Role, int],
+        readable: list[Visit],
+        rng: random.Random,
+    ) -> None:
+        """Held back for the late wave; event time older than the topic's max minus late_age."""
+        chaos = self.config.chaos
+        n_late = chaos.late  # None: per topic, from the rate
+        late_age = round(chaos.late_age_minutes * MINUTE)
+        complete = {(s.user_id, s.session_id) for s in self.sessions if s.status == "complete"}
+        # A late wave that swallows most stops would leave sessions open for the whole main data.
+        caps: dict[Role, int] = {
+            "user_info": _late_cap(good["user_info"]),
+            "workout": _late_cap(len(complete)),
+            "bpm": _late_cap(good["bpm"]),
+        }
 
         def late_candidate(p: _Planned, cutoff: int) -> bool:
             if p.event_us >= cutoff:
@@ -759,23 +807,24 @@ class World:
             if p.rank == _RANK_WORKOUT:
                 # Only the stop of a complete session: the session then simply never completes.
                 key = (p.source["user_id"], p.source["session_id"])
-                return p.source["action"] == "stop" and key not in not_complete
+                return p.source["action"] == "stop" and key in complete
             return bool(p.source["update_type"] == "update")
 
-        # Late: held back for the late wave; event time older than the topic's max minus late_age.
-        n_late = counts.late
-        placed_late = 0
-        for role, rank in (("workout", _RANK_WORKOUT), ("user_info", _RANK_USER_INFO)):
+        placed = 0
+        small: tuple[tuple[Role, int], ...] = (("workout", _RANK_WORKOUT), ("user_info", _RANK_USER_INFO))
+        for role, rank in small:
             top = self.max_event_us[role]
             if top is None:
                 continue
+            want = round(n_late * 0.2) if n_late is not None else per_role[role].late
             cutoff = top - late_age
             candidates = [p for p in self._planned_events if p.rank == rank and late_candidate(p, cutoff)]
-            for p in rng.sample(candidates, min(round(n_late * 0.2), len(candidates))):
+            for p in rng.sample(candidates, min(want, caps[role], len(candidates))):
                 flags[p.n] = _LATE
-                placed_late += 1
+                placed += 1
+        # An explicit count sends whatever the small topics could not take to the readings.
+        remaining = min(caps["bpm"], n_late - placed if n_late is not None else per_role["bpm"].late)
         top_bpm = self.max_event_us["bpm"]
-        remaining = n_late - placed_late
         if remaining > 0 and top_bpm is not None:
             cutoff = top_bpm - late_age
             # A device that lost its connection uploads a block of readings much later.
@@ -792,13 +841,21 @@ class World:
                 share = remaining if j >= blocks - 1 else max(1, remaining // (blocks - j))
                 size = min(share, n_ok)
                 k0 = rng.randrange(0, n_ok - size + 1)
-                reading_flags.setdefault(v.index, {}).update(dict.fromkeys(range(k0, k0 + size), _LATE))
+                self._reading_flags.setdefault(v.index, {}).update(dict.fromkeys(range(k0, k0 + size), _LATE))
                 remaining -= size
-                placed_late += size
-        self.chaos_placed["late"] = placed_late
+                placed += size
+        self.chaos_placed["late"] = placed
 
-        # Duplicates: exact copies (same key, value and timestamp) delivered twice.
-        n_dup = counts.duplicates
+    def _plan_duplicates(
+        self,
+        flags: dict[int, str],
+        per_role: dict[Role, ChaosCounts],
+        readable: list[Visit],
+        cum: list[int],
+        rng: random.Random,
+    ) -> None:
+        """Exact copies (same key, value and timestamp) delivered twice."""
+        n_dup = self.config.chaos.duplicates  # None: per topic, from the rate
         invalid = {(s.user_id, s.session_id) for s in self.sessions if s.status == "invalid"}
         dup_events = [
             p
@@ -806,34 +863,58 @@ class World:
             if p.n not in flags
             and not (p.rank == _RANK_WORKOUT and (p.source["user_id"], p.source["session_id"]) in invalid)
         ]
-        share = round(n_dup * 0.3) if total_readings else n_dup
-        placed = min(len(dup_events), share)
-        for p in rng.sample(dup_events, placed):
+        if n_dup is not None:
+            share = round(n_dup * 0.3) if cum else n_dup
+            picked = rng.sample(dup_events, min(len(dup_events), share))
+            want_readings = n_dup - len(picked)
+        else:
+            picked = []
+            events: tuple[tuple[Role, int], ...] = (("user_info", _RANK_USER_INFO), ("workout", _RANK_WORKOUT))
+            for role, rank in events:
+                pool = [p for p in dup_events if p.rank == rank]
+                picked.extend(rng.sample(pool, min(len(pool), per_role[role].duplicates)))
+            want_readings = per_role["bpm"].duplicates
+        for p in picked:
             flags[p.n] = _DUP
-        tries = 0
-        while placed < n_dup and total_readings and tries < 20 * n_dup:
+        placed = len(picked)
+        got = tries = 0
+        while got < want_readings and cum and tries < 20 * want_readings:
             tries += 1
             v, k = _pick_reading(readable, cum, rng)
-            vf = reading_flags.setdefault(v.index, {})
+            vf = self._reading_flags.setdefault(v.index, {})
             if k not in vf:
                 vf[k] = _DUP
-                placed += 1
-        self.chaos_placed["duplicates"] = placed
-        self._event_flags = flags
+                got += 1
+        self.chaos_placed["duplicates"] = placed + got
 
-        # Extra bad records: malformed, schema violations, future.
+    def _plan_bad_records(self, per_role: dict[Role, ChaosCounts], readable: list[Visit], cum: list[int]) -> None:
+        """Extra bad records: malformed, schema violations, future; each from its own topic's messages."""
+        chaos = self.config.chaos
         bad_rng = _rng(self.seed, "bad-records")
+        malformed: list[tuple[Role, str, str]]
+        schema: list[tuple[Role, str, str]]
+        clocks: list[Role]
+        if chaos.malformed_json is not None:
+            malformed = [MALFORMED_VARIANTS[i % len(MALFORMED_VARIANTS)] for i in range(chaos.malformed_json)]
+        else:
+            malformed = _variants_per_role(MALFORMED_VARIANTS, {r: c.malformed_json for r, c in per_role.items()})
+        if chaos.schema_violations is not None:
+            schema = [SCHEMA_VARIANTS[i % len(SCHEMA_VARIANTS)] for i in range(chaos.schema_violations)]
+        else:
+            schema = _variants_per_role(SCHEMA_VARIANTS, {r: c.schema_violations for r, c in per_role.items()})
+        if chaos.future is not None:
+            clocks = ["bpm" if i % 2 == 0 else "workout" for i in range(chaos.future)]
+        else:
+            clocks = [r for r in _ROLES for _ in range(per_role[r].future)]
         bad: list[tuple[int, KafkaEmission, BadRecord]] = []
-        for i in range(counts.malformed_json):
-            role, kind, form = MALFORMED_VARIANTS[i % len(MALFORMED_VARIANTS)]
+        for role, kind, form in malformed:
             src_msg = self._source_message(role, bad_rng, readable, cum, need_profile=False)
             if src_msg is None:
                 continue
             t, key, msg, src = src_msg
             value = malformed_value(msg, form, bad_rng)
             bad.append(self._bad(role, t, key, value, "malformed_json", kind, None, src, bad_rng))
-        for i in range(counts.schema_violations):
-            role, kind, fld = SCHEMA_VARIANTS[i % len(SCHEMA_VARIANTS)]
+        for role, kind, fld in schema:
             src_msg = self._source_message(role, bad_rng, readable, cum, need_profile=kind in ("bad_dob", "bad_zip"))
             if src_msg is None:
                 continue
@@ -841,8 +922,7 @@ class World:
             value = schema_violation_value(msg, kind, fld, bad_rng)
             bad.append(self._bad(role, t, key, value, "schema_violation", kind, fld, src, bad_rng))
         skew = round(chaos.future_skew_hours * HOUR)
-        for i in range(counts.future):
-            clock_role: Role = "bpm" if i % 2 == 0 else "workout"
+        for clock_role in clocks:
             src_msg = self._source_message(clock_role, bad_rng, readable, cum, need_profile=False)
             if src_msg is None:
                 continue
@@ -856,14 +936,6 @@ class World:
             self._bad_items.append((t, _RANK_BAD, i, 0, em, None, "bad"))
             self._planned_bad.append(record)
             self.chaos_placed[record.reason] += 1
-
-        # The planned (non-reading) Kafka items of the main stream, and the late ones held back.
-        for p in self._planned_events:
-            flag = flags.get(p.n)
-            if flag == _LATE:
-                self._late_events.append(p)
-            self._event_items.append((p.order_us, p.rank, p.n, 0, p.emission, flag, "good"))
-        self._finish_truth_records()
 
     def _bad(
         self,
@@ -1263,6 +1335,22 @@ def _pick_reading(readable: list[Visit], cum: list[int], rng: random.Random) -> 
     i = bisect.bisect_right(cum, r)
     before = cum[i - 1] if i else 0
     return readable[i], r - before
+
+
+def _late_cap(n: int) -> int:
+    """At most a tenth of ``n`` is held back late (one may always be, or a small world would get none)."""
+    return max(1, n // 10)
+
+
+def _variants_per_role(
+    variants: tuple[tuple[Role, str, str], ...], counts: dict[Role, int]
+) -> list[tuple[Role, str, str]]:
+    """``counts[role]`` variants of each role, cycling through that role's variants in table order."""
+    out: list[tuple[Role, str, str]] = []
+    for role in _ROLES:
+        mine = [v for v in variants if v[0] == role]
+        out.extend(mine[i % len(mine)] for i in range(counts.get(role, 0)))
+    return out
 
 
 def build_world(config: GeneratorConfig) -> World:
