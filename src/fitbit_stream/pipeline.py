@@ -12,7 +12,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from datetime import UTC, date, datetime
+from functools import partial, reduce
+from typing import TYPE_CHECKING, Literal
+
+from pyspark.sql import functions as F
 
 from fitbit_stream.config import Config
 from fitbit_stream.errors import PipelineError
@@ -23,10 +27,18 @@ from fitbit_stream.io.bronze import (
     start_kafka_bronze,
     start_landing_bronze,
 )
+from fitbit_stream.io.derived import DERIVED, DerivedSpec, change_stream
+from fitbit_stream.io.merge import insert_if_absent, replace_scopes
+from fitbit_stream.io.silver import RegistrationsWriter, TopicWriter, VisitsWriter
+from fitbit_stream.io.tables import Tables
+from fitbit_stream.schemas import TABLES
+from fitbit_stream.transforms.dates import date_lookup, years_of
+from fitbit_stream.transforms.demographics import user_bins
+from fitbit_stream.transforms.parse import PayloadKind
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
-    from pyspark.sql.streaming import StreamingQuery
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.streaming.query import StreamingQuery
 
 __all__ = ["Pipeline", "RunReport", "StageReport"]
 
@@ -65,14 +77,22 @@ def _await(query: StreamingQuery) -> None:
         raise PipelineError(f"query {query.name!r} failed: {error}")
 
 
+_SILVER_KINDS: tuple[PayloadKind, ...] = ("user_info", "bpm", "workout")
+
+
 class Pipeline:
     """All queries of one configuration."""
 
     def __init__(self, spark: SparkSession, config: Config) -> None:
         self.spark = spark
         self.config = config
+        self.tables = Tables(config)
+        # Derived tables read their inputs' change feeds: every table is created with the feed on.
+        spark.conf.set("spark.databricks.delta.properties.defaults.enableChangeDataFeed", "true")
+        for name in TABLES:
+            self.tables.ensure(spark, name)
 
-    # --- bronze --------------------------------------------------------------------------------
+    # --- query builders ------------------------------------------------------------------------
 
     def _bronze_streams(self, trigger: Trigger) -> list[StreamingQuery]:
         queries = []
@@ -85,34 +105,133 @@ class Pipeline:
     def _ingest_sql(self) -> SqlIngestResult:
         return ingest_sql_sources(self.spark, self.config)
 
+    def _foreach_batch(
+        self, name: str, source: DataFrame, writer_fn: Callable[[DataFrame, int], None], trigger: Trigger
+    ) -> StreamingQuery:
+        writer = (
+            source.writeStream.queryName(name)
+            .foreachBatch(writer_fn)
+            .option("checkpointLocation", self.tables.checkpoint(name))
+        )
+        # pyspark's trigger() overloads take one keyword each; the dict holds exactly one.
+        writer = writer.trigger(**trigger)  # type: ignore[call-overload]
+        query: StreamingQuery = writer.start()
+        return query
+
+    def _silver_streams(self, trigger: Trigger) -> list[Callable[[], StreamingQuery]]:
+        """Starters of the silver queries (started lazily so --once can run them one by one)."""
+        bronze = self.tables.ref("kafka_multiplex_bz")
+        starters: list[Callable[[], StreamingQuery]] = []
+        for kind in _SILVER_KINDS:
+            topic = getattr(self.config.kafka.topics, kind)
+            name = f"silver_{kind}"
+
+            def start(kind: PayloadKind = kind, topic: str = topic, name: str = name) -> StreamingQuery:
+                source = self.tables.read_stream(self.spark, bronze).filter(F.col("topic") == topic)
+                writer = TopicWriter(self.spark, self.config, kind, name)
+                return self._foreach_batch(name, source, writer, trigger)
+
+            starters.append(start)
+
+        def users() -> StreamingQuery:
+            source = self.tables.read_stream(self.spark, self.tables.ref("registered_users_bz"))
+            return self._foreach_batch("silver_users", source, RegistrationsWriter(self.spark, self.config), trigger)
+
+        def visits() -> StreamingQuery:
+            source = self.tables.read_stream(self.spark, self.tables.ref("gym_logins_bz"))
+            return self._foreach_batch("silver_gym_logs", source, VisitsWriter(self.spark, self.config), trigger)
+
+        return [*starters, users, visits]
+
+    def _derived_streams(self, trigger: Trigger) -> list[Callable[[], StreamingQuery]]:
+        starters: list[Callable[[], StreamingQuery]] = []
+        for spec in DERIVED:
+
+            def start(spec: DerivedSpec = spec) -> StreamingQuery:
+                source = change_stream(self.spark, self.tables, spec.inputs)
+                return self._foreach_batch(f"derived_{spec.name}", source, spec.make_writer(self.tables), trigger)
+
+            starters.append(start)
+        return starters
+
+    # --- batch tails ---------------------------------------------------------------------------
+
+    def refresh_user_bins(self, as_of: date) -> None:
+        """``user_bins`` as of the job's reference date (recomputed whole: it moves with the date)."""
+        spark = self.spark
+        target = self.tables.ref("user_bins")
+        rows = user_bins(self.tables.read(spark, self.tables.ref("user_profile")), as_of=as_of)
+        scopes = rows.select("user_id").unionByName(self.tables.read(spark, target).select("user_id"))
+        replace_scopes(spark, self.tables, target, rows, scopes=scopes, scope_keys=["user_id"], keys=["user_id"])
+
+    def refresh_date_lookup(self) -> None:
+        """Every day of every year that a record timestamp or an accepted event time falls in."""
+        spark = self.spark
+        read = partial(self.tables.read, spark)
+        ref = self.tables.ref
+        years = reduce(
+            lambda a, b: a.unionByName(b),
+            [
+                years_of(read(ref("kafka_multiplex_bz")), "timestamp"),
+                years_of(read(ref("heart_rate")), "time"),
+                years_of(read(ref("workouts")), "time"),
+                years_of(read(ref("user_profile_history")), "valid_from", "valid_to"),
+                years_of(read(ref("user_profile")), "updated"),
+                years_of(read(ref("registered_users_bz")), "registration_timestamp"),
+                years_of(read(ref("gym_logins_bz")), "login", "logout"),
+            ],
+        ).distinct()
+        insert_if_absent(spark, self.tables, ref("date_lookup"), date_lookup(years), keys=["date"])
+
     # --- runs ----------------------------------------------------------------------------------
 
-    def run_once(self, *, progress: Callable[[str], None] = log.info) -> RunReport:
-        """Drain all available input through every layer, then return."""
+    def run_once(
+        self,
+        *,
+        as_of: date | None = None,
+        layers: Literal["bronze", "all"] = "all",
+        progress: Callable[[str], None] = log.info,
+    ) -> RunReport:
+        """Drain all available input through every layer (or bronze only), in dependency order."""
         report = RunReport()
-        started = time.monotonic()
-        for query in self._bronze_streams({"availableNow": True}):
+        once: Trigger = {"availableNow": True}
+
+        def drain(query: StreamingQuery, started: float) -> None:
             _await(query)
-            report.add(query.name or "bronze", _input_rows(query), time.monotonic() - started)
-            progress(f"{query.name}: {_input_rows(query)} rows")
-            started = time.monotonic()
+            rows = _input_rows(query)
+            report.add(query.name or "query", rows, time.monotonic() - started)
+            progress(f"{query.name}: {rows} rows in {time.monotonic() - started:.1f}s")
+
+        for query in self._bronze_streams(once):
+            drain(query, time.monotonic())
         if self.config.sql.enabled:
+            started = time.monotonic()
             result = self._ingest_sql()
             report.add(
-                "bronze_sql",
-                result.registered_users_added + result.gym_logins_added,
-                time.monotonic() - started,
+                "bronze_sql", result.registered_users_added + result.gym_logins_added, time.monotonic() - started
             )
             progress(
                 f"bronze_sql: {result.registered_users_added} registered_users, "
                 f"{result.gym_logins_added} gym_logins row versions"
             )
+        if layers == "bronze":
+            return report
+        # One query at a time: they share the quarantine and state tables, and sequential drains
+        # avoid optimistic-concurrency retries (continuous mode runs them together, with retries).
+        for start in (*self._silver_streams(once), *self._derived_streams(once)):
+            started = time.monotonic()
+            drain(start(), started)
+        started = time.monotonic()
+        self.refresh_user_bins(as_of or datetime.now(UTC).date())
+        self.refresh_date_lookup()
+        report.add("user_bins+date_lookup", 0, time.monotonic() - started)
         return report
 
-    def run_continuously(self, stop: threading.Event) -> None:
+    def run_continuously(self, stop: threading.Event, *, as_of: date | None = None) -> None:
         """Run every query until ``stop`` is set; then stop them cleanly."""
         trigger: Trigger = {"processingTime": f"{self.config.streaming.trigger_interval_seconds} seconds"}
         queries = self._bronze_streams(trigger)
+        queries += [start() for start in (*self._silver_streams(trigger), *self._derived_streams(trigger))]
         try:
             while not stop.is_set():
                 if self.config.sql.enabled:
@@ -121,6 +240,8 @@ class Pipeline:
                     error = query.exception()
                     if error is not None:
                         raise PipelineError(f"query {query.name!r} failed: {error}")
+                self.refresh_user_bins(as_of or datetime.now(UTC).date())
+                self.refresh_date_lookup()
                 stop.wait(self.config.sql.poll_interval_seconds)
         finally:
             for query in queries:

@@ -50,6 +50,8 @@ def _local_conf(config: Config) -> dict[str, str]:
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.streaming.stateStore.providerClass": _state_store_provider(config),
+        # Delta replays its log with 50 tasks by default: far too many for one machine's tables.
+        "spark.databricks.delta.snapshotPartitions": "2",
         "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
     }

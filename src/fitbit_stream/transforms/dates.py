@@ -40,7 +40,9 @@ def epoch_seconds_to_timestamp(seconds: str | Column) -> Column:
     The value goes through DECIMAL(38, 6), never through a float: a FLOAT rounds 2023 instants to
     128-second steps, a DOUBLE loses the last microseconds.
     """
-    micros = F.round(_col(seconds).cast("decimal(38,9)") * F.lit(1_000_000), 0).cast("long")
+    # try_cast: a non-numeric or out-of-range value gives NULL (quarantined downstream), never an
+    # error that would stop the query on every retry of the same input.
+    micros = F.round(_col(seconds).try_cast("decimal(38,9)") * F.lit(1_000_000), 0).try_cast("long")
     return F.timestamp_micros(micros)
 
 

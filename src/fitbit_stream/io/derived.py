@@ -1,0 +1,187 @@
+"""Writers of the derived tables: ``workout_bpm`` and the three gold tables.
+
+Each derived table is maintained by ONE streaming query over the Delta change feeds of all its
+inputs. A micro-batch turns the changes into the keys they affect, recomputes those keys from the
+inputs' current state with the pure transforms, and replaces them atomically. Because one query
+sees every input in sequence, a reading and its session (or a profile change and the workouts it
+describes) are always joined by whichever batch comes second, whatever their arrival order: no row
+waits for a later event, and a late reading or a profile change corrects the rows it affects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import reduce
+from typing import TYPE_CHECKING
+
+from pyspark.sql import functions as F
+
+from fitbit_stream.io.merge import replace_scopes
+from fitbit_stream.io.tables import Tables
+from fitbit_stream.transforms.gold_bpm import workout_bpm_summary
+from fitbit_stream.transforms.gold_gym import OCCUPANCY_KEY, affected_hours, gym_occupancy, gym_summary
+from fitbit_stream.transforms.gold_gym import VISIT_KEY as GOLD_VISIT_KEY
+from fitbit_stream.transforms.workouts import SESSION_KEY, workout_bpm
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+__all__ = ["DERIVED", "DerivedSpec", "change_stream"]
+
+#: The columns every change row is projected to, so that one query can union several feeds.
+_CHANGE_COLUMNS: dict[str, str] = {
+    "user_id": "bigint",
+    "device_id": "bigint",
+    "mac_address": "string",
+    "gym": "bigint",
+    "login": "timestamp",
+    "logout": "timestamp",
+    "workout_id": "int",
+    "session_id": "int",
+    "time": "timestamp",
+    "heartrate": "double",
+    "valid": "boolean",
+}
+
+
+def _project(df: DataFrame, source: str) -> DataFrame:
+    cols: list[Column] = [F.lit(source).alias("_source")]
+    for name, dtype in _CHANGE_COLUMNS.items():
+        cols.append((F.col(name) if name in df.columns else F.lit(None)).cast(dtype).alias(name))
+    return df.select(*cols)
+
+
+def change_stream(spark: SparkSession, tables: Tables, inputs: tuple[str, ...]) -> DataFrame:
+    """The union of the change feeds of ``inputs`` (pre- and post-images included)."""
+    feeds = [
+        _project(tables.read_stream(spark, tables.ref(name), readChangeFeed="true"), name) for name in inputs
+    ]
+    return reduce(lambda a, b: a.unionByName(b), feeds)
+
+
+def _from(batch: DataFrame, source: str, *columns: str) -> DataFrame:
+    return batch.filter(F.col("_source") == source).select(*columns).dropna().dropDuplicates(list(columns))
+
+
+@dataclass(frozen=True)
+class DerivedSpec:
+    name: str
+    inputs: tuple[str, ...]
+    make_writer: Callable[[Tables], Callable[[DataFrame, int], None]]
+
+
+def _workout_bpm_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
+    target = tables.ref("workout_bpm")
+
+    def write(batch: DataFrame, batch_id: int) -> None:
+        spark = batch.sparkSession
+        users = tables.read(spark, tables.ref("users"))
+        completed = tables.read(spark, tables.ref("completed_workouts"))
+        heart_rate = tables.read(spark, tables.ref("heart_rate"))
+        readings = batch.filter(F.col("_source") == "heart_rate").select("device_id", "time", "heartrate", "valid")
+        by_reading = workout_bpm(completed, readings, users).select(*SESSION_KEY)
+        by_session = _from(batch, "completed_workouts", *SESSION_KEY)
+        by_user = completed.join(_from(batch, "users", "user_id"), ["user_id"], "left_semi").select(*SESSION_KEY)
+        scopes = by_reading.unionByName(by_session).unionByName(by_user).distinct().persist()
+        try:
+            rows = workout_bpm(completed.join(scopes, list(SESSION_KEY), "left_semi"), heart_rate, users)
+            replace_scopes(
+                spark, tables, target, rows, scopes=scopes, scope_keys=SESSION_KEY, keys=(*SESSION_KEY, "time")
+            )
+        finally:
+            scopes.unpersist()
+
+    return write
+
+
+def _workout_bpm_summary_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
+    target = tables.ref("workout_bpm_summary")
+
+    def write(batch: DataFrame, batch_id: int) -> None:
+        spark = batch.sparkSession
+        completed = tables.read(spark, tables.ref("completed_workouts"))
+        readings = tables.read(spark, tables.ref("workout_bpm"))
+        history = tables.read(spark, tables.ref("user_profile_history"))
+        by_user = completed.join(
+            _from(batch, "user_profile_history", "user_id"), ["user_id"], "left_semi"
+        ).select(*SESSION_KEY)
+        scopes = (
+            _from(batch, "completed_workouts", *SESSION_KEY)
+            .unionByName(_from(batch, "workout_bpm", *SESSION_KEY))
+            .unionByName(by_user)
+            .distinct()
+            .persist()
+        )
+        try:
+            users = scopes.select("user_id").distinct()
+            rows = workout_bpm_summary(
+                completed.join(scopes, list(SESSION_KEY), "left_semi"),
+                readings.join(scopes, list(SESSION_KEY), "left_semi"),
+                history.join(users, ["user_id"], "left_semi"),
+            )
+            replace_scopes(spark, tables, target, rows, scopes=scopes, scope_keys=SESSION_KEY, keys=SESSION_KEY)
+        finally:
+            scopes.unpersist()
+
+    return write
+
+
+def _gym_summary_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
+    target = tables.ref("gym_summary")
+
+    def write(batch: DataFrame, batch_id: int) -> None:
+        spark = batch.sparkSession
+        users = tables.read(spark, tables.ref("users"))
+        completed = tables.read(spark, tables.ref("completed_workouts"))
+        visits = tables.read(spark, tables.ref("gym_logs"))
+        # A visit's row depends on the visit, on who owns its mac address and on that member's
+        # sessions: recompute every visit of each mac address the batch touched.
+        session_users = _from(batch, "completed_workouts", "user_id")
+        macs = (
+            _from(batch, "gym_logs", "mac_address")
+            .unionByName(_from(batch, "users", "mac_address"))
+            .unionByName(users.join(session_users, ["user_id"], "left_semi").select("mac_address"))
+            .dropna()
+            .distinct()
+            .persist()
+        )
+        try:
+            rows = gym_summary(visits.join(macs, ["mac_address"], "left_semi"), users, completed)
+            replace_scopes(
+                spark, tables, target, rows, scopes=macs, scope_keys=["mac_address"], keys=GOLD_VISIT_KEY
+            )
+        finally:
+            macs.unpersist()
+
+    return write
+
+
+def _gym_occupancy_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
+    target = tables.ref("gym_occupancy")
+
+    def write(batch: DataFrame, batch_id: int) -> None:
+        spark = batch.sparkSession
+        changed = batch.filter(F.col("_source") == "gym_logs").select("mac_address", "gym", "login", "logout")
+        hours = affected_hours(changed).persist()
+        try:
+            visits = tables.read(spark, tables.ref("gym_logs"))
+            rows = gym_occupancy(visits, hours=hours)
+            replace_scopes(spark, tables, target, rows, scopes=hours, scope_keys=OCCUPANCY_KEY, keys=OCCUPANCY_KEY)
+        finally:
+            hours.unpersist()
+
+    return write
+
+
+#: The derived queries in dependency order: workout_bpm feeds workout_bpm_summary.
+DERIVED: tuple[DerivedSpec, ...] = (
+    DerivedSpec("workout_bpm", ("heart_rate", "completed_workouts", "users"), _workout_bpm_writer),
+    DerivedSpec(
+        "workout_bpm_summary",
+        ("completed_workouts", "workout_bpm", "user_profile_history"),
+        _workout_bpm_summary_writer,
+    ),
+    DerivedSpec("gym_summary", ("gym_logs", "users", "completed_workouts"), _gym_summary_writer),
+    DerivedSpec("gym_occupancy", ("gym_logs",), _gym_occupancy_writer),
+)

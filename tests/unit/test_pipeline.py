@@ -1,0 +1,270 @@
+"""The whole pipeline on a small literal world: bronze rows in, every silver and gold table out.
+
+Two runs: the first drains a session with its readings, profile, registration and visit; the second
+brings a reading that arrives after the session was summarised (within the lateness horizon), a
+profile update that changes the session's demographics, and a reading beyond the horizon (late).
+Gold must be corrected by the second run, and nothing may wait for a later event.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from fitbit_stream.config import Config, load_config
+from fitbit_stream.io.tables import Tables
+from fitbit_stream.pipeline import Pipeline
+from fitbit_stream.schemas import KAFKA_MULTIPLEX_BZ
+from fitbit_stream.transforms.dates import week_part
+
+D = datetime(2025, 3, 3)
+
+
+def at(h: int, m: int = 0, s: int = 0, day: int = 3) -> datetime:
+    return datetime(2025, 3, day, h, m, s)
+
+
+def epoch(ts: datetime) -> int:
+    return int(ts.replace(tzinfo=UTC).timestamp())
+
+
+@pytest.fixture
+def world(tmp_path: Path, spark_config: Config) -> Config:
+    db = tmp_path / "source.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TABLE registered_users "
+            "(user_id BIGINT, device_id BIGINT, mac_address TEXT, registration_timestamp TIMESTAMP)"
+        )
+        conn.execute("CREATE TABLE gym_logins (mac_address TEXT, gym BIGINT, login TIMESTAMP, logout TIMESTAMP)")
+        conn.execute("INSERT INTO registered_users VALUES (1, 101, 'aa:bb:cc:dd:ee:01', '2025-03-01 08:00:00')")
+        conn.execute(
+            "INSERT INTO gym_logins VALUES ('aa:bb:cc:dd:ee:01', 1, '2025-03-03 10:00:00', '2025-03-03 11:30:00')"
+        )
+    (tmp_path / "landing").mkdir()
+    return load_config(
+        None,
+        [
+            f"storage.root={tmp_path / 'lake'}",
+            f"storage.checkpoint_root={tmp_path / 'chk'}",
+            f"jars_dir={spark_config.jars_dir}",
+            "kafka.enabled=false",
+            "landing.enabled=true",
+            f"landing.path={tmp_path / 'landing'}",
+            f"sql.url=jdbc:sqlite:{db}",
+            "streaming.shuffle_partitions=1",
+        ],
+    )
+
+
+class Bronze:
+    """Appends literal Kafka records to kafka_multiplex_bz, with increasing offsets per topic."""
+
+    def __init__(self, spark: SparkSession, config: Config) -> None:
+        self.spark, self.tables, self.offsets = spark, Tables(config), {"user_info": 0, "bpm": 0, "workout": 0}
+
+    def add(self, records: list[tuple[str, str, object, datetime]]) -> None:
+        rows = []
+        for topic, key, value, ts in records:
+            text = value if isinstance(value, str) else json.dumps(value)
+            rows.append((key, text, topic, 0, self.offsets[topic], ts, ts.date(), None, D))
+            self.offsets[topic] += 1
+        df = self.spark.createDataFrame(rows, KAFKA_MULTIPLEX_BZ).withColumn("week_part", week_part("date"))
+        self.tables.append(df, self.tables.ensure(self.spark, "kafka_multiplex_bz"))
+
+
+def bpm(device: int, ts: datetime, hr: float | None) -> tuple[str, str, object, datetime]:
+    return ("bpm", str(device), {"device_id": device, "time": epoch(ts), "heartrate": hr}, ts)
+
+
+def table(spark: SparkSession, config: Config, name: str) -> DataFrame:
+    tables = Tables(config)
+    return tables.read(spark, tables.ref(name))
+
+
+PROFILE = {
+    "dob": "01/15/1990",
+    "sex": "M",
+    "gender": "M",
+    "first_name": "Ann",
+    "last_name": "Lee",
+    "address": {"street_address": "1 Main St", "city": "Austin", "state": "TX", "zip": 8701},
+}
+
+
+def test_pipeline_end_to_end_on_literal_rows(spark: SparkSession, world: Config) -> None:
+    bronze = Bronze(spark, world)
+    pipeline = Pipeline(spark, world)
+    bronze.add(
+        [
+            (
+                "user_info",
+                "1",
+                {"user_id": 1, "update_type": "new", "timestamp": epoch(at(0, day=2)), **PROFILE},
+                at(0, day=2),
+            ),
+            (
+                "workout",
+                "1",
+                {"user_id": 1, "workout_id": 5, "session_id": 1, "timestamp": epoch(at(10, 10)), "action": "start"},
+                at(10, 10),
+            ),
+            (
+                "workout",
+                "1",
+                {"user_id": 1, "workout_id": 5, "session_id": 1, "timestamp": epoch(at(10, 40)), "action": "stop"},
+                at(10, 40),
+            ),
+            # a device clock a day ahead: quarantined as future, and it must not make others late
+            (
+                "workout",
+                "1",
+                {
+                    "user_id": 1,
+                    "workout_id": 6,
+                    "session_id": 2,
+                    "timestamp": epoch(at(10, 0, day=4)),
+                    "action": "start",
+                },
+                at(10, 0),
+            ),
+            bpm(101, at(10, 10), 90.0),  # at start_time: excluded from the session
+            bpm(101, at(10, 20), 100.0),
+            bpm(101, at(10, 20), 55.0),  # duplicate key: the first ingested wins
+            bpm(101, at(10, 30), None),  # NULL: invalid
+            bpm(101, at(10, 35), 300.0),  # out of range: invalid
+            bpm(101, at(10, 40), 120.0),  # at end_time: included
+            bpm(101, at(10, 50), 130.0),  # after the session
+            ("bpm", "101", "not json", at(10, 51)),
+        ]
+    )
+    pipeline.run_once(as_of=date(2025, 6, 1))
+
+    assert_df_equality(
+        table(spark, world, "heart_rate"),
+        spark.createDataFrame(
+            [
+                (101, at(10, 10), 90.0, True),
+                (101, at(10, 20), 100.0, True),
+                (101, at(10, 30), None, False),
+                (101, at(10, 35), 300.0, False),
+                (101, at(10, 40), 120.0, True),
+                (101, at(10, 50), 130.0, True),
+            ],
+            "device_id bigint, time timestamp, heartrate double, valid boolean",
+        ),
+        ignore_row_order=True,
+        ignore_nullable=True,
+        ignore_column_order=True,
+    )
+    assert_df_equality(
+        table(spark, world, "completed_workouts"),
+        spark.createDataFrame(
+            [(1, 5, 1, at(10, 10), at(10, 40))],
+            "user_id bigint, workout_id int, session_id int, start_time timestamp, end_time timestamp",
+        ),
+        ignore_row_order=True,
+        ignore_nullable=True,
+        ignore_column_order=True,
+    )
+    quarantine = table(spark, world, "quarantine").select("topic", "offset", "reason").collect()
+    assert sorted(tuple(r) for r in quarantine) == [("bpm", 7, "malformed_json"), ("workout", 2, "future")]
+    summary_schema = (
+        "user_id bigint, workout_id int, session_id int, date date, age string, sex string, gender string, "
+        "city string, state string, min_bpm double, avg_bpm double, max_bpm double, num_recordings bigint"
+    )
+    assert_df_equality(
+        table(spark, world, "workout_bpm_summary"),
+        spark.createDataFrame(
+            [(1, 5, 1, date(2025, 3, 3), "35-45", "M", "M", "Austin", "TX", 100.0, 110.0, 120.0, 2)], summary_schema
+        ),
+        ignore_row_order=True,
+        ignore_nullable=True,
+        ignore_column_order=True,
+    )
+    assert_df_equality(
+        table(spark, world, "gym_summary"),
+        spark.createDataFrame(
+            [(1, "aa:bb:cc:dd:ee:01", at(10), date(2025, 3, 3), at(11, 30), [5], 1, 90.0, 30.0)],
+            "gym bigint, mac_address string, login timestamp, date date, logout timestamp, workouts array<int>, "
+            "num_sessions int, minutes_in_gym double, minutes_exercising double",
+        ),
+        ignore_row_order=True,
+        ignore_nullable=True,
+        ignore_column_order=True,
+    )
+    assert_df_equality(
+        table(spark, world, "gym_occupancy"),
+        spark.createDataFrame(
+            [(1, at(10), 1, 1.0, 1), (1, at(11), 1, 0.5, 1)],
+            "gym bigint, hour timestamp, visitors bigint, avg_occupancy double, peak_occupancy bigint",
+        ),
+        ignore_row_order=True,
+        ignore_nullable=True,
+        ignore_column_order=True,
+    )
+    assert_df_equality(
+        table(spark, world, "user_bins"),
+        spark.createDataFrame(
+            [(1, "35-45", "M", "Austin", "TX")], "user_id bigint, age string, gender string, city string, state string"
+        ),
+        ignore_row_order=True,
+        ignore_nullable=True,
+        ignore_column_order=True,
+    )
+    profile = table(spark, world, "user_profile").select("user_id", "zip", "updated").collect()
+    assert [tuple(r) for r in profile] == [(1, "08701", at(0, day=2))]
+    years = table(spark, world, "date_lookup").agg(F.count("*"), F.min("date"), F.max("date")).first()
+    assert tuple(years) == (365, date(2025, 1, 1), date(2025, 12, 31))
+
+    # --- second run: a reading after the summary, a profile change, a reading beyond the horizon
+    bronze.add(
+        [
+            bpm(101, at(10, 25), 110.0),  # older than the max (10:50) but within the 60 min horizon
+            bpm(101, at(9, 0), 70.0),  # more than 60 min before 10:50: late
+            (
+                "user_info",
+                "1",
+                {
+                    "user_id": 1,
+                    "update_type": "update",
+                    "timestamp": epoch(at(10, 5)),
+                    **PROFILE,
+                    "address": {"street_address": "2 Elm St", "city": "Dallas", "state": "TX", "zip": "75201"},
+                },
+                at(10, 5),
+            ),
+        ]
+    )
+    pipeline.run_once(as_of=date(2025, 6, 1))
+    assert_df_equality(
+        table(spark, world, "workout_bpm_summary"),
+        spark.createDataFrame(
+            [(1, 5, 1, date(2025, 3, 3), "35-45", "M", "M", "Dallas", "TX", 100.0, 110.0, 120.0, 3)], summary_schema
+        ),
+        ignore_row_order=True,
+        ignore_nullable=True,
+        ignore_column_order=True,
+    )
+    quarantine = table(spark, world, "quarantine").select("topic", "offset", "reason").collect()
+    assert sorted(tuple(r) for r in quarantine) == [
+        ("bpm", 7, "malformed_json"),
+        ("bpm", 9, "late"),
+        ("workout", 2, "future"),
+    ]
+    history = table(spark, world, "user_profile_history").select("user_id", "city", "valid_from", "valid_to").collect()
+    assert sorted(tuple(r) for r in history) == [(1, "Austin", at(0, day=2), at(10, 5)), (1, "Dallas", at(10, 5), None)]
+
+    # --- a third run with nothing new changes nothing
+    before = {
+        name: table(spark, world, name).count() for name in ("heart_rate", "workout_bpm", "quarantine", "gym_summary")
+    }
+    pipeline.run_once(as_of=date(2025, 6, 1))
+    assert {name: table(spark, world, name).count() for name in before} == before
