@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
 
 from fitbit_stream.errors import PlatformError
+from fitbit_stream.generator.murmur2 import partition_for_key
 from fitbit_stream.platform.kafka import KafkaBroker
 from fitbit_stream.platform.postgres import PostgresServer
 
@@ -40,32 +41,6 @@ def _free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
-
-
-def _murmur2_partition(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner for keyed records (Utils.murmur2, then toPositive % n)."""
-    m, mask = 0x5BD1E995, 0xFFFFFFFF
-    length = len(key)
-    h = (0x9747B28C ^ length) & mask
-    for i in range(0, length - length % 4, 4):
-        k = int.from_bytes(key[i : i + 4], "little")
-        k = (k * m) & mask
-        k ^= k >> 24
-        k = (k * m) & mask
-        h = ((h * m) & mask) ^ k
-    tail = length - length % 4
-    rest = length % 4
-    if rest == 3:
-        h ^= key[tail + 2] << 16
-    if rest >= 2:
-        h ^= key[tail + 1] << 8
-    if rest >= 1:
-        h ^= key[tail]
-        h = (h * m) & mask
-    h ^= h >> 13
-    h = (h * m) & mask
-    h ^= h >> 15
-    return (h & 0x7FFFFFFF) % partitions
 
 
 @pytest.fixture
@@ -186,7 +161,7 @@ def test_kafka_broker_lifecycle(broker: KafkaBroker, spark: SparkSession) -> Non
     _assert_topic_keeps_records_forever(broker.bootstrap_servers, topic)
 
     delivered = _produce(broker.bootstrap_servers, topic)
-    expected_partition = {key: _murmur2_partition(key.encode(), PARTITIONS) for key, _, _ in RECORDS_MS}
+    expected_partition = {key: partition_for_key(key, PARTITIONS) for key, _, _ in RECORDS_MS}
     assert delivered == expected_partition
 
     consumed = _consume(broker.bootstrap_servers, topic, expected=len(RECORDS_MS))
