@@ -71,6 +71,20 @@ class DerivedSpec:
     make_writer: Callable[[Tables], Callable[[DataFrame, int], None]]
 
 
+def _cached(write: Callable[[DataFrame, int], None]) -> Callable[[DataFrame, int], None]:
+    """Read the micro-batch's change feeds once: each writer filters the batch several times, and
+    every action on an uncached batch would scan the feeds again."""
+
+    def run(batch: DataFrame, batch_id: int) -> None:
+        batch = batch.persist()
+        try:
+            write(batch, batch_id)
+        finally:
+            batch.unpersist()
+
+    return run
+
+
 def _workout_bpm_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
     target = tables.ref("workout_bpm")
 
@@ -92,7 +106,7 @@ def _workout_bpm_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
         finally:
             scopes.unpersist()
 
-    return write
+    return _cached(write)
 
 
 def _workout_bpm_summary_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
@@ -124,7 +138,7 @@ def _workout_bpm_summary_writer(tables: Tables) -> Callable[[DataFrame, int], No
         finally:
             scopes.unpersist()
 
-    return write
+    return _cached(write)
 
 
 def _gym_summary_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
@@ -154,7 +168,7 @@ def _gym_summary_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
         finally:
             macs.unpersist()
 
-    return write
+    return _cached(write)
 
 
 def _gym_occupancy_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
@@ -171,7 +185,7 @@ def _gym_occupancy_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
         finally:
             hours.unpersist()
 
-    return write
+    return _cached(write)
 
 
 #: The derived queries in dependency order: workout_bpm feeds workout_bpm_summary.
