@@ -32,6 +32,7 @@ __all__ = [
     "HEART_RATE",
     "KAFKA_MULTIPLEX_BZ",
     "LANDING_RECORD",
+    "PROFILE_COLUMNS",
     "QUARANTINE",
     "REGISTERED_USERS_BZ",
     "TABLES",
@@ -122,6 +123,9 @@ _PROFILE_FIELDS: tuple[tuple[str, DataType], ...] = (
     ("state", StringType()),
     ("zip", StringType()),
 )
+
+#: The profile columns shared by ``user_profile`` and ``user_profile_history``.
+PROFILE_COLUMNS: tuple[str, ...] = tuple(name for name, _ in _PROFILE_FIELDS)
 
 USER_PROFILE = _struct(("user_id", LongType()), *_PROFILE_FIELDS, ("updated", TimestampType()))
 

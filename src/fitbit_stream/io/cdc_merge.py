@@ -27,13 +27,14 @@ is then older than the threshold and quarantined as ``late`` before it reaches t
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
 from fitbit_stream.errors import PipelineError
+from fitbit_stream.io.merge import with_conflict_retry
+from fitbit_stream.io.tables import create_if_absent, delta_table, read_table, table_exists
 from fitbit_stream.transforms.cdc import (
     DELETED,
     CdcSpec,
@@ -44,9 +45,7 @@ from fitbit_stream.transforms.cdc import (
 )
 
 if TYPE_CHECKING:
-    from delta.tables import DeltaTable
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import StructType
 
     from fitbit_stream.io.tables import TableRef
 
@@ -96,8 +95,8 @@ class CdcMergeEngine:
 
     def ensure_tables(self, spark: SparkSession) -> None:
         """Create the profile and history tables empty if they do not exist yet."""
-        _create_if_absent(spark, self.profile, self.spec.profile_schema)
-        _create_if_absent(spark, self.history, self.spec.history_schema)
+        create_if_absent(spark, self.profile, self.spec.profile_schema)
+        create_if_absent(spark, self.history, self.spec.history_schema)
 
     def apply(self, batch_df: DataFrame, batch_id: int, *, as_of: datetime | None = None) -> None:
         """Apply one micro-batch of accepted changes; replaying the same batch changes nothing.
@@ -117,7 +116,7 @@ class CdcMergeEngine:
         try:
             if not changes.isEmpty():
                 if not self._log_exists:
-                    _create_if_absent(spark, self.changes, changes.schema)
+                    create_if_absent(spark, self.changes, changes.schema)
                     self._log_exists = True
                 self._append_log(changes)
                 self._recompute(spark, changes.select(*spec.keys))
@@ -132,32 +131,32 @@ class CdcMergeEngine:
         ``apply`` calls it for the keys of a batch; call it alone to repair the tables after, for
         example, a restart on a new checkpoint that never replayed a half-applied batch.
         """
-        if not _exists(spark, self.changes):
+        if not table_exists(spark, self.changes):
             return
         if keys is None:
-            keys = _read(spark, self.changes).select(*self.spec.keys).distinct()
+            keys = read_table(spark, self.changes).select(*self.spec.keys).distinct()
         self._recompute(spark, keys)
 
     def purge_tombstones(self, spark: SparkSession, *, as_of: datetime) -> None:
         """Forget the change log of keys deleted before ``as_of - tombstone_retention``."""
         retention = self.spec.tombstone_retention
-        if retention is None or not _exists(spark, self.changes):
+        if retention is None or not table_exists(spark, self.changes):
             return
         spec = self.spec
 
         def purge() -> None:
-            dead = tombstoned_keys(_read(spark, self.changes), spec=spec, before=as_of - retention)
+            dead = tombstoned_keys(read_table(spark, self.changes), spec=spec, before=as_of - retention)
             if dead.isEmpty():  # the usual case: no commit at all
                 return
             (
-                _delta(spark, self.changes)
+                delta_table(spark, self.changes)
                 .alias("t")
                 .merge(dead.alias("s"), _same(spec.keys))
                 .whenMatchedDelete()
                 .execute()
             )
 
-        _with_retry(purge)
+        with_conflict_retry(purge, what=f"purge tombstones of {self.changes}", attempts=_MAX_ATTEMPTS)
 
     # --- the writes ----------------------------------------------------------------------------
 
@@ -172,7 +171,7 @@ class CdcMergeEngine:
             finally:
                 log.unpersist()
 
-        _with_retry(merge_both)
+        with_conflict_retry(merge_both, what=f"CDC merge into {self.profile}", attempts=_MAX_ATTEMPTS)
 
     def _append_log(self, changes: DataFrame) -> None:
         # A plain append (Delta's cheapest write) with no txnAppId: a replayed batch appends its
@@ -185,7 +184,7 @@ class CdcMergeEngine:
             writer.saveAsTable(str(self.changes.qualified_name))
 
     def _touched_log(self, spark: SparkSession, keys: DataFrame) -> DataFrame:
-        log = _read(spark, self.changes).join(keys, list(self.spec.keys), "left_semi")
+        log = read_table(spark, self.changes).join(keys, list(self.spec.keys), "left_semi")
         # One shuffle by key serves dedupe (clustered by content, keys first) and the per-key windows.
         return dedupe_changes(log.repartition(*self.spec.keys), spec=self.spec)
 
@@ -196,7 +195,7 @@ class CdcMergeEngine:
         scope = log.groupBy(*spec.keys).agg(F.min(spec.event_time).alias(_SCOPE_START))
         row_key = [*spec.keys, spec.valid_from]
         gone = (
-            _read(spark, self.history)
+            read_table(spark, self.history)
             .join(scope, list(spec.keys))
             .filter(F.col(spec.valid_from) >= F.col(_SCOPE_START))
             .select(*row_key)
@@ -207,7 +206,7 @@ class CdcMergeEngine:
         payload = (*spec.value_columns, spec.valid_to)
         changed = f"NOT ({_same(payload)})"
         (
-            _delta(spark, self.history)
+            delta_table(spark, self.history)
             .alias("t")
             .merge(source.alias("s"), _same(row_key))
             .whenMatchedDelete(condition=f"s.{_ACTION} = 'delete'")
@@ -232,7 +231,7 @@ class CdcMergeEngine:
         not_older = f"(t.{upd} IS NULL OR s.{upd} >= t.{upd})"
         payload = (*spec.value_columns, spec.updated)
         (
-            _delta(spark, self.profile)
+            delta_table(spark, self.profile)
             .alias("t")
             .merge(source.alias("s"), _same(spec.keys))
             .whenMatchedDelete(condition=f"s.{_ACTION} = 'delete' AND {not_older}")
@@ -246,69 +245,3 @@ class CdcMergeEngine:
             )
             .execute()
         )
-
-
-# --- table access (TableRef: a path locally, a catalog name on Unity Catalog) --------------------
-
-
-def _create_if_absent(spark: SparkSession, ref: TableRef, schema: StructType) -> None:
-    from delta.tables import DeltaTable
-
-    builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
-    builder = builder.location(ref.path) if ref.path else builder.tableName(str(ref.qualified_name))
-    builder.execute()
-
-
-def _exists(spark: SparkSession, ref: TableRef) -> bool:
-    from delta.tables import DeltaTable
-
-    if ref.path:
-        return bool(DeltaTable.isDeltaTable(spark, ref.path))
-    return bool(spark.catalog.tableExists(str(ref.qualified_name)))
-
-
-def _delta(spark: SparkSession, ref: TableRef) -> DeltaTable:
-    from delta.tables import DeltaTable
-
-    if ref.path:
-        return DeltaTable.forPath(spark, ref.path)
-    return DeltaTable.forName(spark, str(ref.qualified_name))
-
-
-def _read(spark: SparkSession, ref: TableRef) -> DataFrame:
-    if ref.path:
-        return spark.read.format("delta").load(ref.path)
-    return spark.read.table(str(ref.qualified_name))
-
-
-def _with_retry(merge: Callable[[], None]) -> None:
-    """Run a MERGE, retrying on optimistic-concurrency conflicts (e.g. with an OPTIMIZE).
-
-    Every MERGE here is idempotent and rebuilds its source from fresh reads, so a retry is safe.
-    """
-    from delta.exceptions import (
-        ConcurrentAppendException,
-        ConcurrentDeleteDeleteException,
-        ConcurrentDeleteReadException,
-        ConcurrentTransactionException,
-        ConcurrentWriteException,
-        DeltaConcurrentModificationException,
-        MetadataChangedException,
-    )
-
-    conflicts = (
-        ConcurrentAppendException,
-        ConcurrentDeleteDeleteException,
-        ConcurrentDeleteReadException,
-        ConcurrentTransactionException,
-        ConcurrentWriteException,
-        DeltaConcurrentModificationException,
-        MetadataChangedException,
-    )
-    for attempt in range(1, _MAX_ATTEMPTS + 1):
-        try:
-            merge()
-            return
-        except conflicts as exc:
-            if attempt == _MAX_ATTEMPTS:
-                raise PipelineError(f"CDC MERGE still conflicts after {attempt} attempts: {exc}") from exc

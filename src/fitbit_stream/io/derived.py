@@ -54,9 +54,7 @@ def _project(df: DataFrame, source: str) -> DataFrame:
 
 def change_stream(spark: SparkSession, tables: Tables, inputs: tuple[str, ...]) -> DataFrame:
     """The union of the change feeds of ``inputs`` (pre- and post-images included)."""
-    feeds = [
-        _project(tables.read_stream(spark, tables.ref(name), readChangeFeed="true"), name) for name in inputs
-    ]
+    feeds = [_project(tables.read_stream(spark, tables.ref(name), readChangeFeed="true"), name) for name in inputs]
     return reduce(lambda a, b: a.unionByName(b), feeds)
 
 
@@ -117,9 +115,9 @@ def _workout_bpm_summary_writer(tables: Tables) -> Callable[[DataFrame, int], No
         completed = tables.read(spark, tables.ref("completed_workouts"))
         readings = tables.read(spark, tables.ref("workout_bpm"))
         history = tables.read(spark, tables.ref("user_profile_history"))
-        by_user = completed.join(
-            _from(batch, "user_profile_history", "user_id"), ["user_id"], "left_semi"
-        ).select(*SESSION_KEY)
+        by_user = completed.join(_from(batch, "user_profile_history", "user_id"), ["user_id"], "left_semi").select(
+            *SESSION_KEY
+        )
         scopes = (
             _from(batch, "completed_workouts", *SESSION_KEY)
             .unionByName(_from(batch, "workout_bpm", *SESSION_KEY))
@@ -162,9 +160,7 @@ def _gym_summary_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
         )
         try:
             rows = gym_summary(visits.join(macs, ["mac_address"], "left_semi"), users, completed)
-            replace_scopes(
-                spark, tables, target, rows, scopes=macs, scope_keys=["mac_address"], keys=GOLD_VISIT_KEY
-            )
+            replace_scopes(spark, tables, target, rows, scopes=macs, scope_keys=["mac_address"], keys=GOLD_VISIT_KEY)
         finally:
             macs.unpersist()
 

@@ -38,6 +38,8 @@ _CONFLICTS = (
     "ConcurrentDeleteReadException",
     "ConcurrentDeleteDeleteException",
     "ConcurrentTransactionException",
+    "ConcurrentWriteException",
+    "DeltaConcurrentModificationException",
     "MetadataChangedException",
     "ProtocolChangedException",
     "DELTA_CONCURRENT_",

@@ -17,12 +17,12 @@ from fitbit_stream.schemas import TABLES, TableSpec
 
 if TYPE_CHECKING:
     from delta.tables import DeltaTable
-    from pyspark.sql import DataFrame, DataFrameReader, SparkSession
+    from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming.query import StreamingQuery  # the package re-exports it implicitly
     from pyspark.sql.streaming.readwriter import DataStreamReader, DataStreamWriter
     from pyspark.sql.types import StructType
 
-__all__ = ["TableRef", "Tables"]
+__all__ = ["TableRef", "Tables", "create_if_absent", "delta_table", "read_table", "table_exists"]
 
 
 @dataclass(frozen=True)
@@ -79,46 +79,29 @@ class Tables:
 
         Readers downstream can then start before the first row arrives.
         """
-        from delta.tables import DeltaTable
-
         spec: TableSpec | None = TABLES.get(name)
         ref = self.ref(name, layer=layer)
         table_schema = schema or (spec.schema if spec else None)
         if table_schema is None:
             raise PipelineError(f"table {name!r}: no schema known, pass one")
         parts = partition_by or (spec.partition_by if spec else ())
-        builder = DeltaTable.createIfNotExists(spark).addColumns(table_schema)
-        builder = builder.location(ref.path) if ref.path else builder.tableName(str(ref.qualified_name))
-        if parts:
-            builder = builder.partitionedBy(*parts)
-        for key, value in (properties or {}).items():
-            builder = builder.property(key, value)
-        builder.execute()
+        create_if_absent(spark, ref, table_schema, partition_by=parts, properties=properties)
         return ref
 
     # --- access --------------------------------------------------------------------------------
 
     def delta(self, spark: SparkSession, ref: TableRef) -> DeltaTable:
-        from delta.tables import DeltaTable
-
-        if ref.path:
-            return DeltaTable.forPath(spark, ref.path)
-        return DeltaTable.forName(spark, str(ref.qualified_name))
+        return delta_table(spark, ref)
 
     def read(self, spark: SparkSession, ref: TableRef) -> DataFrame:
-        reader: DataFrameReader = spark.read.format("delta")
-        return reader.load(ref.path) if ref.path else spark.read.table(str(ref.qualified_name))
+        return read_table(spark, ref)
 
     def read_stream(self, spark: SparkSession, ref: TableRef, **options: str) -> DataFrame:
         reader: DataStreamReader = spark.readStream.format("delta").options(**options)
         return reader.load(ref.path) if ref.path else reader.table(str(ref.qualified_name))
 
     def exists(self, spark: SparkSession, ref: TableRef) -> bool:
-        from delta.tables import DeltaTable
-
-        if ref.path:
-            return bool(DeltaTable.isDeltaTable(spark, ref.path))
-        return bool(spark.catalog.tableExists(str(ref.qualified_name)))
+        return table_exists(spark, ref)
 
     def append(self, df: DataFrame, ref: TableRef) -> None:
         writer = df.write.format("delta").mode("append")
@@ -132,3 +115,47 @@ class Tables:
         if ref.path:
             return writer.start(ref.path)
         return writer.toTable(str(ref.qualified_name))
+
+
+# --- primitives on a resolved table (shared by Tables and the CDC engine) -----------------------
+
+
+def create_if_absent(
+    spark: SparkSession,
+    ref: TableRef,
+    schema: StructType,
+    *,
+    partition_by: tuple[str, ...] = (),
+    properties: dict[str, str] | None = None,
+) -> None:
+    from delta.tables import DeltaTable
+
+    builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
+    builder = builder.location(ref.path) if ref.path else builder.tableName(str(ref.qualified_name))
+    if partition_by:
+        builder = builder.partitionedBy(*partition_by)
+    for key, value in (properties or {}).items():
+        builder = builder.property(key, value)
+    builder.execute()
+
+
+def delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
+    from delta.tables import DeltaTable
+
+    if ref.path:
+        return DeltaTable.forPath(spark, ref.path)
+    return DeltaTable.forName(spark, str(ref.qualified_name))
+
+
+def read_table(spark: SparkSession, ref: TableRef) -> DataFrame:
+    if ref.path:
+        return spark.read.format("delta").load(ref.path)
+    return spark.read.table(str(ref.qualified_name))
+
+
+def table_exists(spark: SparkSession, ref: TableRef) -> bool:
+    from delta.tables import DeltaTable
+
+    if ref.path:
+        return bool(DeltaTable.isDeltaTable(spark, ref.path))
+    return bool(spark.catalog.tableExists(str(ref.qualified_name)))

@@ -43,8 +43,7 @@ def _with_calendar(df: DataFrame, *, load_time: Column) -> DataFrame:
     )
 
 
-def kafka_to_bronze(df: DataFrame, *, load_time: Column) -> DataFrame:
-    """Spark's Kafka source rows (binary key/value) to ``kafka_multiplex_bz`` rows."""
+def _record(df: DataFrame, *, timestamp: Column, load_time: Column) -> DataFrame:
     return _with_calendar(
         df.select(
             F.col("key").cast("string").alias("key"),
@@ -52,25 +51,20 @@ def kafka_to_bronze(df: DataFrame, *, load_time: Column) -> DataFrame:
             F.col("topic").cast("string").alias("topic"),
             F.col("partition").cast("int").alias("partition"),
             F.col("offset").cast("long").alias("offset"),
-            F.col("timestamp").cast("timestamp").alias("timestamp"),
+            timestamp.alias("timestamp"),
         ),
         load_time=load_time,
     )
+
+
+def kafka_to_bronze(df: DataFrame, *, load_time: Column) -> DataFrame:
+    """Spark's Kafka source rows (binary key/value) to ``kafka_multiplex_bz`` rows."""
+    return _record(df, timestamp=F.col("timestamp").cast("timestamp"), load_time=load_time)
 
 
 def landing_to_bronze(df: DataFrame, *, load_time: Column) -> DataFrame:
     """Landing-file lines (CONTRACT.md §1.3; ``timestamp`` in epoch seconds, kept exact)."""
-    return _with_calendar(
-        df.select(
-            F.col("key").cast("string").alias("key"),
-            F.col("value").cast("string").alias("value"),
-            F.col("topic").cast("string").alias("topic"),
-            F.col("partition").cast("int").alias("partition"),
-            F.col("offset").cast("long").alias("offset"),
-            epoch_seconds_to_timestamp(F.col("timestamp")).alias("timestamp"),
-        ),
-        load_time=load_time,
-    )
+    return _record(df, timestamp=epoch_seconds_to_timestamp(F.col("timestamp")), load_time=load_time)
 
 
 def sql_timestamp(text: str | Column) -> Column:

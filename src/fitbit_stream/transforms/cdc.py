@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from fitbit_stream.errors import PipelineError
-from fitbit_stream.schemas import USER_PROFILE, USER_PROFILE_HISTORY
+from fitbit_stream.schemas import PROFILE_COLUMNS, USER_PROFILE, USER_PROFILE_HISTORY
 
 __all__ = [
     "DELETED",
@@ -106,17 +106,7 @@ class CdcSpec:
 #: CONTRACT.md §2.2 / §3.1: user_info changes -> user_profile (SCD1) and user_profile_history (SCD2).
 USER_PROFILE_CDC = CdcSpec(
     keys=("user_id",),
-    value_columns=(
-        "dob",
-        "sex",
-        "gender",
-        "first_name",
-        "last_name",
-        "street_address",
-        "city",
-        "state",
-        "zip",
-    ),
+    value_columns=PROFILE_COLUMNS,
     profile_schema=USER_PROFILE,
     history_schema=USER_PROFILE_HISTORY,
 )

@@ -14,7 +14,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from fitbit_stream.errors import FitbitStreamError
-from fitbit_stream.schemas import USER_BINS
+from fitbit_stream.schemas import PROFILE_COLUMNS, USER_BINS
 
 __all__ = [
     "AGE_BINS",
@@ -43,18 +43,6 @@ AGE_BINS: tuple[tuple[int, str], ...] = (
 #: The bin of a NULL dob, a dob after the reference date (or a NULL reference date).
 INVALID_AGE = "invalid age"
 
-#: The profile columns shared by ``user_profile`` and ``user_profile_history``.
-PROFILE_COLUMNS: tuple[str, ...] = (
-    "dob",
-    "sex",
-    "gender",
-    "first_name",
-    "last_name",
-    "street_address",
-    "city",
-    "state",
-    "zip",
-)
 #: Column added by :func:`as_of_profile`: valid_from of the matched version, NULL when none matched.
 #: It tells "no version" apart from "a version whose dob is NULL".
 PROFILE_VALID_FROM = "profile_valid_from"
@@ -103,9 +91,7 @@ def user_bins(user_profile_df: DataFrame, *, as_of: date) -> DataFrame:
     """
     return user_profile_df.dropDuplicates(["user_id"]).select(
         *[
-            (age_bin("dob", F.lit(as_of)) if f.name == "age" else F.col(f.name))
-            .cast(f.dataType)
-            .alias(f.name)
+            (age_bin("dob", F.lit(as_of)) if f.name == "age" else F.col(f.name)).cast(f.dataType).alias(f.name)
             for f in USER_BINS.fields
         ]
     )
