@@ -8,7 +8,7 @@ ROOT=$PWD
 WITH_POSTGRES=0
 for arg in "$@"; do
   case "$arg" in
-    --with-postgres) WITH_POSTGRES=1 ;;
+    --with-postgres|--with-e2e) WITH_POSTGRES=1 ;;
     *) echo "setup.sh: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -50,8 +50,16 @@ resolve() {  # resolve <pom dir> <output dir>
 resolve spark
 resolve kafka
 
-# --- PostgreSQL (e2e tests only) -------------------------------------------------------------
+# --- PostgreSQL and Chromium (e2e tests only) ------------------------------------------------
 if [ "$WITH_POSTGRES" = 1 ]; then
+  # Debian's Chromium for the dashboard's browser test (Playwright drives it; its own browser
+  # download is not reachable from here).
+  if ! command -v chromium >/dev/null 2>&1; then
+    log "installing Chromium from Debian packages"
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  else
+    log "Chromium present"
+  fi
   if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
     log "installing PostgreSQL from Debian packages"
     apt-get update -qq && apt-get install -y -qq postgresql >/dev/null

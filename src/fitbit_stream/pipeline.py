@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import partial, reduce
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from pyspark.sql import functions as F
 
@@ -29,6 +30,7 @@ from fitbit_stream.io.bronze import (
 )
 from fitbit_stream.io.derived import DERIVED, DerivedSpec, change_stream
 from fitbit_stream.io.merge import insert_if_absent, replace_scopes
+from fitbit_stream.io.progress import QUERY_PROGRESS, ProgressRecorder
 from fitbit_stream.io.silver import RegistrationsWriter, TopicWriter, VisitsWriter
 from fitbit_stream.io.tables import Tables
 from fitbit_stream.schemas import TABLES
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming.query import StreamingQuery
 
-__all__ = ["Pipeline", "RunReport", "StageReport"]
+__all__ = ["ALL_LAYERS", "Layer", "Pipeline", "RunReport", "StageReport", "select_layers"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,20 @@ def _await(query: StreamingQuery) -> None:
 
 _SILVER_KINDS: tuple[PayloadKind, ...] = ("user_info", "bpm", "workout")
 
+Layer = Literal["bronze", "silver", "gold"]
+ALL_LAYERS: tuple[Layer, ...] = get_args(Layer)
+
+
+def select_layers(layers: str | Collection[str]) -> tuple[Layer, ...]:
+    """``"all"``, one layer name or several, validated, in dependency order."""
+    wanted = {layers} if isinstance(layers, str) else set(layers)
+    if "all" in wanted:
+        return ALL_LAYERS
+    unknown = wanted - set(ALL_LAYERS)
+    if unknown or not wanted:
+        raise PipelineError(f"unknown layer(s) {sorted(unknown)}: choose from {', '.join(ALL_LAYERS)} or all")
+    return tuple(layer for layer in ALL_LAYERS if layer in wanted)
+
 
 class Pipeline:
     """All queries of one configuration."""
@@ -91,6 +107,24 @@ class Pipeline:
         spark.conf.set("spark.databricks.delta.properties.defaults.enableChangeDataFeed", "true")
         for name in TABLES:
             self.tables.ensure(spark, name)
+        self.progress_table = self.tables.ensure(spark, "_query_progress", schema=QUERY_PROGRESS, layer="ops")
+
+    @contextmanager
+    def _recording(self, show: Callable[[str], None]) -> Iterator[ProgressRecorder]:
+        """Progress of every query started inside: shown live, persisted to ``_query_progress``."""
+        recorder = ProgressRecorder(show=show)
+        self.spark.streams.addListener(recorder)
+        try:
+            yield recorder
+        finally:
+            self.spark.streams.removeListener(recorder)
+            self.flush_progress(recorder)
+
+    def flush_progress(self, recorder: ProgressRecorder) -> None:
+        try:
+            recorder.flush(self.spark, self.tables, self.progress_table)
+        except Exception:  # losing an ops figure must never fail the pipeline
+            log.exception("could not persist query progress to %s", self.progress_table)
 
     # --- query builders ------------------------------------------------------------------------
 
@@ -143,9 +177,9 @@ class Pipeline:
 
         return [*starters, users, visits]
 
-    def _derived_streams(self, trigger: Trigger) -> list[Callable[[], StreamingQuery]]:
+    def _derived_streams(self, trigger: Trigger, layer: Layer) -> list[Callable[[], StreamingQuery]]:
         starters: list[Callable[[], StreamingQuery]] = []
-        for spec in DERIVED:
+        for spec in (spec for spec in DERIVED if TABLES[spec.name].layer == layer):
 
             def start(spec: DerivedSpec = spec) -> StreamingQuery:
                 source = change_stream(self.spark, self.tables, spec.inputs)
@@ -189,61 +223,91 @@ class Pipeline:
         self,
         *,
         as_of: date | None = None,
-        layers: Literal["bronze", "all"] = "all",
+        layers: str | Collection[str] = ALL_LAYERS,
         progress: Callable[[str], None] = log.info,
     ) -> RunReport:
-        """Drain all available input through every layer (or bronze only), in dependency order."""
+        """Drain all available input through the selected layers (default all), in dependency order."""
+        selected = select_layers(layers)
         report = RunReport()
         once: Trigger = {"availableNow": True}
+        with self._recording(progress) as recorder:
 
-        def drain(query: StreamingQuery, started: float) -> None:
-            _await(query)
-            rows = _input_rows(query)
-            report.add(query.name or "query", rows, time.monotonic() - started)
-            progress(f"{query.name}: {rows} rows in {time.monotonic() - started:.1f}s")
+            def drain(query: StreamingQuery, started: float) -> None:
+                try:
+                    _await(query)
+                finally:
+                    # recentProgress is complete once the query has ended; the listener's copy of
+                    # the last batch may still be on its way.
+                    recorder.add_all(query.recentProgress)
+                    self.flush_progress(recorder)
+                rows = _input_rows(query)
+                report.add(query.name or "query", rows, time.monotonic() - started)
+                progress(f"{query.name}: {rows} rows in {time.monotonic() - started:.1f}s")
 
-        for query in self._bronze_streams(once):
-            drain(query, time.monotonic())
-        if self.config.sql.enabled:
-            started = time.monotonic()
-            result = self._ingest_sql()
-            report.add(
-                "bronze_sql", result.registered_users_added + result.gym_logins_added, time.monotonic() - started
-            )
-            progress(
-                f"bronze_sql: {result.registered_users_added} registered_users, "
-                f"{result.gym_logins_added} gym_logins row versions"
-            )
-        if layers == "bronze":
-            return report
-        # One query at a time: they share the quarantine and state tables, and sequential drains
-        # avoid optimistic-concurrency retries (continuous mode runs them together, with retries).
-        for start in (*self._silver_streams(once), *self._derived_streams(once)):
-            started = time.monotonic()
-            drain(start(), started)
-        started = time.monotonic()
-        self.refresh_user_bins(as_of or datetime.now(UTC).date())
-        self.refresh_date_lookup()
-        report.add("user_bins+date_lookup", 0, time.monotonic() - started)
-        return report
-
-    def run_continuously(self, stop: threading.Event, *, as_of: date | None = None) -> None:
-        """Run every query until ``stop`` is set; then stop them cleanly."""
-        trigger: Trigger = {"processingTime": f"{self.config.streaming.trigger_interval_seconds} seconds"}
-        queries = self._bronze_streams(trigger)
-        queries += [start() for start in (*self._silver_streams(trigger), *self._derived_streams(trigger))]
-        try:
-            while not stop.is_set():
+            if "bronze" in selected:
+                for query in self._bronze_streams(once):
+                    drain(query, time.monotonic())
                 if self.config.sql.enabled:
-                    self._ingest_sql()
-                for query in queries:
-                    error = query.exception()
-                    if error is not None:
-                        raise PipelineError(f"query {query.name!r} failed: {error}")
+                    started = time.monotonic()
+                    result = self._ingest_sql()
+                    report.add(
+                        "bronze_sql",
+                        result.registered_users_added + result.gym_logins_added,
+                        time.monotonic() - started,
+                    )
+                    progress(
+                        f"bronze_sql: {result.registered_users_added} registered_users, "
+                        f"{result.gym_logins_added} gym_logins row versions"
+                    )
+            # One query at a time: they share the quarantine and state tables, and sequential drains
+            # avoid optimistic-concurrency retries (continuous mode runs them together, with retries).
+            if "silver" in selected:
+                for start in (*self._silver_streams(once), *self._derived_streams(once, "silver")):
+                    drain(start(), time.monotonic())
+                started = time.monotonic()
                 self.refresh_user_bins(as_of or datetime.now(UTC).date())
                 self.refresh_date_lookup()
-                stop.wait(self.config.sql.poll_interval_seconds)
-        finally:
-            for query in queries:
-                if query.isActive:
-                    query.stop()
+                report.add("user_bins+date_lookup", 0, time.monotonic() - started)
+            if "gold" in selected:
+                for start in self._derived_streams(once, "gold"):
+                    drain(start(), time.monotonic())
+        return report
+
+    def run_continuously(
+        self,
+        stop: threading.Event,
+        *,
+        as_of: date | None = None,
+        layers: str | Collection[str] = ALL_LAYERS,
+        progress: Callable[[str], None] = log.info,
+    ) -> None:
+        """Run every query of the selected layers until ``stop`` is set; then stop them cleanly."""
+        selected = select_layers(layers)
+        trigger: Trigger = {"processingTime": f"{self.config.streaming.trigger_interval_seconds} seconds"}
+        with self._recording(progress) as recorder:
+            queries: list[StreamingQuery] = []
+            try:
+                if "bronze" in selected:
+                    queries += self._bronze_streams(trigger)
+                if "silver" in selected:
+                    queries += [
+                        s() for s in (*self._silver_streams(trigger), *self._derived_streams(trigger, "silver"))
+                    ]
+                if "gold" in selected:
+                    queries += [start() for start in self._derived_streams(trigger, "gold")]
+                while not stop.is_set():
+                    if "bronze" in selected and self.config.sql.enabled:
+                        self._ingest_sql()
+                    for query in queries:
+                        error = query.exception()
+                        if error is not None:
+                            raise PipelineError(f"query {query.name!r} failed: {error}")
+                    if "silver" in selected:
+                        self.refresh_user_bins(as_of or datetime.now(UTC).date())
+                        self.refresh_date_lookup()
+                    self.flush_progress(recorder)
+                    stop.wait(self.config.sql.poll_interval_seconds)
+            finally:
+                for query in queries:
+                    if query.isActive:
+                        query.stop()

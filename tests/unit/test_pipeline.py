@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fitbit_stream.config import Config, load_config
+from fitbit_stream.errors import PipelineError
 from fitbit_stream.io.tables import Tables
 from fitbit_stream.pipeline import Pipeline
 from fitbit_stream.schemas import KAFKA_MULTIPLEX_BZ
@@ -268,3 +269,61 @@ def test_pipeline_end_to_end_on_literal_rows(spark: SparkSession, world: Config)
     }
     pipeline.run_once(as_of=date(2025, 6, 1))
     assert {name: table(spark, world, name).count() for name in before} == before
+
+
+def test_layers_run_in_order_and_progress_is_persisted(spark: SparkSession, world: Config) -> None:
+    bronze = Bronze(spark, world)
+    pipeline = Pipeline(spark, world)
+    bronze.add(
+        [
+            (
+                "workout",
+                "1",
+                {"user_id": 1, "workout_id": 5, "session_id": 1, "timestamp": epoch(at(10, 10)), "action": "start"},
+                at(10, 10),
+            ),
+            (
+                "workout",
+                "1",
+                {"user_id": 1, "workout_id": 5, "session_id": 1, "timestamp": epoch(at(10, 40)), "action": "stop"},
+                at(10, 40),
+            ),
+            bpm(101, at(10, 20), 100.0),
+            bpm(101, at(10, 20), 100.0),  # duplicate
+            bpm(101, at(10, 30), None),
+        ]
+    )
+    shown: list[str] = []
+    pipeline.run_once(as_of=date(2025, 6, 1), layers="bronze", progress=shown.append)
+    assert table(spark, world, "registered_users_bz").count() == 1
+    assert table(spark, world, "heart_rate").count() == 0
+
+    pipeline.run_once(as_of=date(2025, 6, 1), layers=["silver"], progress=shown.append)
+    assert sorted(tuple(r) for r in table(spark, world, "workout_bpm").select("time", "heartrate").collect()) == [
+        (at(10, 20), 100.0)
+    ]
+    assert table(spark, world, "workout_bpm_summary").count() == 0
+
+    pipeline.run_once(as_of=date(2025, 6, 1), layers=["gold"], progress=shown.append)
+    summary = table(spark, world, "workout_bpm_summary").select("min_bpm", "max_bpm", "num_recordings").collect()
+    assert [tuple(r) for r in summary] == [(100.0, 100.0, 1)]
+
+    tables = Tables(world)
+    progress = tables.read(spark, tables.ref("_query_progress", layer="ops"))
+    rows = {
+        r["query_name"]: (r["batches"], r["rows"])
+        for r in progress.groupBy("query_name")
+        .agg(F.count("*").alias("batches"), F.sum("num_input_rows").alias("rows"))
+        .collect()
+    }
+    # bronze bpm rows: 3 (duplicate included); workout rows: 2; one SQL registration and one visit
+    assert rows["silver_bpm"] == (1, 3)
+    assert rows["silver_workout"] == (1, 2)
+    assert rows["silver_users"] == (1, 1)
+    assert rows["silver_gym_logs"] == (1, 1)
+    assert set(rows) >= {"derived_workout_bpm", "derived_workout_bpm_summary", "derived_gym_summary"}
+    assert any(line.startswith("silver_bpm batch 0: 3 rows") for line in shown)
+    # a run with nothing new adds progress rows but never duplicates one (key: run_id, batch_id)
+    assert progress.count() == progress.select("run_id", "batch_id").distinct().count()
+    with pytest.raises(PipelineError, match="unknown layer"):
+        pipeline.run_once(layers=["platinum"])
