@@ -8,12 +8,13 @@ asked to stop, then stops each query cleanly so its checkpoint is consistent.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 from functools import partial, reduce
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -28,15 +29,18 @@ from fitbit_stream.io.bronze import (
     start_kafka_bronze,
     start_landing_bronze,
 )
+from fitbit_stream.io.cdc_merge import CdcMergeEngine
 from fitbit_stream.io.derived import DERIVED, DerivedSpec, change_stream
 from fitbit_stream.io.merge import insert_if_absent, replace_scopes
 from fitbit_stream.io.progress import QUERY_PROGRESS, ProgressRecorder
-from fitbit_stream.io.silver import RegistrationsWriter, TopicWriter, VisitsWriter
+from fitbit_stream.io.silver import LateState, RegistrationsWriter, TopicWriter, VisitsWriter
 from fitbit_stream.io.tables import Tables
 from fitbit_stream.schemas import TABLES
+from fitbit_stream.transforms.cdc import USER_PROFILE_CDC
 from fitbit_stream.transforms.dates import date_lookup, years_of
 from fitbit_stream.transforms.demographics import user_bins
 from fitbit_stream.transforms.parse import PayloadKind
+from fitbit_stream.transforms.quality import late_threshold
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -217,6 +221,29 @@ class Pipeline:
         ).distinct()
         insert_if_absent(spark, self.tables, ref("date_lookup"), date_lookup(years), keys=["date"])
 
+    def purge_tombstones(self) -> None:
+        """Forget the change log of users deleted longer ago than the tombstone retention.
+
+        The retention is counted back from the user_info lateness threshold, never from the clock:
+        every change old enough to have been hidden by a purged tombstone is then quarantined as
+        ``late`` before it reaches the CDC engine, so purging never changes a result.
+        """
+        spark = self.spark
+        latest = LateState(self.tables, spark).previous_max(spark, "silver_user_info", sys.maxsize)
+        horizon = timedelta(minutes=self.config.rules.lateness_horizon_minutes)
+        threshold = late_threshold(latest, horizon=horizon)
+        if threshold is None:
+            return
+        spec = replace(USER_PROFILE_CDC, tombstone_retention=timedelta(days=self.config.rules.tombstone_retention_days))
+        engine = CdcMergeEngine(
+            spec,
+            spark,
+            profile=self.tables.ref("user_profile"),
+            history=self.tables.ref("user_profile_history"),
+            changes=self.tables.ref("_user_profile_changes", layer="silver"),
+        )
+        engine.purge_tombstones(spark, as_of=threshold)
+
     # --- runs ----------------------------------------------------------------------------------
 
     def run_once(
@@ -267,7 +294,8 @@ class Pipeline:
                 started = time.monotonic()
                 self.refresh_user_bins(as_of or datetime.now(UTC).date())
                 self.refresh_date_lookup()
-                report.add("user_bins+date_lookup", 0, time.monotonic() - started)
+                self.purge_tombstones()
+                report.add("user_bins+date_lookup+tombstones", 0, time.monotonic() - started)
             if "gold" in selected:
                 for start in self._derived_streams(once, "gold"):
                     drain(start(), time.monotonic())

@@ -327,3 +327,34 @@ def test_layers_run_in_order_and_progress_is_persisted(spark: SparkSession, worl
     assert progress.count() == progress.select("run_id", "batch_id").distinct().count()
     with pytest.raises(PipelineError, match="unknown layer"):
         pipeline.run_once(layers=["platinum"])
+
+
+def test_tombstones_older_than_the_retention_are_purged_and_stay_effective(spark: SparkSession, world: Config) -> None:
+    bronze = Bronze(spark, world)
+    pipeline = Pipeline(spark, world)
+    jan1, jan2, mar3 = datetime(2025, 1, 1), datetime(2025, 1, 2), at(12)
+
+    def change(user: int, kind: str, ts: datetime) -> tuple[str, str, object, datetime]:
+        profile = {} if kind == "delete" else PROFILE
+        return ("user_info", str(user), {"user_id": user, "update_type": kind, "timestamp": epoch(ts), **profile}, ts)
+
+    # user 1 is deleted 60 days before the newest change; user 3 only 1 hour before it
+    bronze.add(
+        [change(1, "new", jan1), change(1, "delete", jan2), change(3, "new", at(10)), change(3, "delete", at(11))]
+    )
+    bronze.add([change(2, "new", mar3)])
+    pipeline.run_once(as_of=date(2025, 6, 1))
+    tables = Tables(world)
+    changes = tables.read(spark, tables.ref("_user_profile_changes", layer="silver"))
+    # threshold = 12:00 - 60 min horizon; retention 30 days: only user 1's log is forgotten
+    assert sorted({r["user_id"] for r in changes.select("user_id").collect()}) == [2, 3]
+    history = table(spark, world, "user_profile_history").select("user_id", "valid_from", "valid_to").collect()
+    assert sorted(tuple(r) for r in history) == [(1, jan1, jan2), (2, mar3, None), (3, at(10), at(11))]
+    assert [r["user_id"] for r in table(spark, world, "user_profile").collect()] == [2]
+
+    # a stale update of user 1 can no longer be hidden by the purged tombstone: it is late
+    bronze.add([change(1, "update", datetime(2025, 1, 1, 12))])
+    pipeline.run_once(as_of=date(2025, 6, 1))
+    assert [r["user_id"] for r in table(spark, world, "user_profile").collect()] == [2]
+    late = table(spark, world, "quarantine").filter("topic = 'user_info'").select("key", "reason").collect()
+    assert [tuple(r) for r in late] == [("1", "late")]
