@@ -27,7 +27,7 @@ PACKAGE = ROOT / "src" / "fitbit_stream"
 SPARK_DISTRIBUTIONS = {"pyspark", "delta-spark"}
 # Top-level modules of the Spark distributions (py4j comes with pyspark).
 SPARK_MODULES = ("pyspark", "delta", "py4j")
-SUBPACKAGES = ("transforms", "io", "platform", "generator")
+SUBPACKAGES = ("transforms", "io", "platform", "generator", "dashboard")
 
 
 @pytest.fixture(scope="module")

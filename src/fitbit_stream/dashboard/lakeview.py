@@ -1,0 +1,224 @@
+"""The Databricks (Lakeview / AI/BI) dashboard: the HTML page's KPIs over the Unity Catalog tables.
+
+The definition is generated from the same datasets (:mod:`.datasets`) and KPI list (:mod:`.kpis`)
+as the HTML page, with the catalog and schemas of a configuration, and committed as
+``dashboards/fitbit_kpis.lvdash.json`` (a unit test keeps the file and the generator in step).
+Widgets aggregate the row-grain datasets themselves, so the global filters (age group, city,
+gender, date range) narrow the rows before any sum, count or average, as on the HTML page.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fitbit_stream.config import Config
+from fitbit_stream.dashboard.datasets import DATASETS, dataset_sql, table_resolver
+from fitbit_stream.dashboard.kpis import CHARTS, FILTERS, TILES, Filter, Kpi
+from fitbit_stream.errors import InvalidConfigError
+
+__all__ = ["lakeview_dashboard", "write_lakeview"]
+
+_Json = dict[str, Any]
+
+#: A widget's aggregate: (field name, expression over the dataset's columns, display name).
+_Field = tuple[str, str, str]
+
+_TILE_FIELDS: dict[str, _Field] = {
+    "total_workouts": ("count(session_id)", "COUNT(`session_id`)", "Workouts"),
+    "total_visits": ("count(mac_address)", "COUNT(`mac_address`)", "Gym logins"),
+    "total_members": ("countdistinct(user_id)", "COUNT(DISTINCT `user_id`)", "Members"),
+    "minutes_in_gym": ("sum(minutes_in_gym)", "SUM(`minutes_in_gym`)", "Minutes in gym"),
+    "minutes_exercising": ("sum(minutes_exercising)", "SUM(`minutes_exercising`)", "Minutes exercising"),
+    "avg_bpm": ("avg(avg_bpm)", "AVG(`avg_bpm`)", "Average bpm"),
+}
+
+
+def _col(name: str) -> _Field:
+    return (name, f"`{name}`", name.replace("_", " "))
+
+
+def _frame(kpi: Kpi) -> _Json:
+    return {"showTitle": True, "title": kpi.title, "showDescription": True, "description": kpi.note}
+
+
+def _query(dataset: str, fields: list[_Field], *, name: str = "main_query") -> _Json:
+    return {
+        "name": name,
+        "query": {
+            "datasetName": dataset,
+            "fields": [{"name": n, "expression": e} for n, e, _ in fields],
+            "disaggregated": False,
+        },
+    }
+
+
+def _enc(field: _Field, scale: str) -> _Json:
+    return {"fieldName": field[0], "scale": {"type": scale}, "displayName": field[2]}
+
+
+def _widget(kpi: Kpi, fields: list[_Field], spec: _Json, position: _Json) -> _Json:
+    return {
+        "widget": {"name": kpi.id, "queries": [_query(kpi.dataset, fields)], "spec": {**spec, "frame": _frame(kpi)}},
+        "position": position,
+    }
+
+
+def _pos(x: int, y: int, width: int, height: int) -> _Json:
+    return {"x": x, "y": y, "width": width, "height": height}
+
+
+def _counter(kpi: Kpi, position: _Json) -> _Json:
+    field = _TILE_FIELDS[kpi.id]
+    spec = {
+        "version": 2,
+        "widgetType": "counter",
+        "encodings": {"value": {"fieldName": field[0], "displayName": field[2]}},
+    }
+    return _widget(kpi, [field], spec, position)
+
+
+def _bars(kpi: Kpi, x: _Field, ys: list[_Field], position: _Json) -> _Json:
+    y: _Json = (
+        _enc(ys[0], "quantitative")
+        if len(ys) == 1
+        else {"scale": {"type": "quantitative"}, "fields": [{"fieldName": f[0], "displayName": f[2]} for f in ys]}
+    )
+    spec: _Json = {"version": 3, "widgetType": "bar", "encodings": {"x": _enc(x, "categorical"), "y": y}}
+    if len(ys) > 1:
+        spec["mark"] = {"layout": "group"}
+    return _widget(kpi, [x, *ys], spec, position)
+
+
+def _chart_widgets(y: int) -> list[_Json]:
+    by_id = {k.id: k for k in CHARTS}
+    member = _col("member")
+    minutes_ex: _Field = ("sum(minutes_exercising)", "SUM(`minutes_exercising`)", "minutes exercising")
+    logins: _Field = ("count(mac_address)", "COUNT(`mac_address`)", "gym logins")
+    hours: _Field = ("sum(hours_exercising)", "SUM(`hours_exercising`)", "workout hours")
+    occupancy: _Field = ("sum(avg_occupancy)", "SUM(`avg_occupancy`)", "avg occupancy")
+    members: _Field = ("countdistinct(user_id)", "COUNT(DISTINCT `user_id`)", "members")
+    return [
+        _bars(
+            by_id["hr_by_group"],
+            _col("age_gender"),
+            [
+                ("min(min_bpm)", "MIN(`min_bpm`)", "min bpm"),
+                ("avg(avg_bpm)", "AVG(`avg_bpm`)", "avg bpm"),
+                ("max(max_bpm)", "MAX(`max_bpm`)", "max bpm"),
+            ],
+            _pos(0, y, 3, 6),
+        ),
+        _bars(
+            by_id["gym_vs_exercise"],
+            member,
+            [("sum(minutes_in_gym)", "SUM(`minutes_in_gym`)", "minutes in gym"), minutes_ex],
+            _pos(3, y, 3, 6),
+        ),
+        _widget(
+            by_id["logins_vs_hours"],
+            [member, logins, hours],
+            {
+                "version": 3,
+                "widgetType": "scatter",
+                "encodings": {
+                    "x": _enc(logins, "quantitative"),
+                    "y": _enc(hours, "quantitative"),
+                    "color": _enc(member, "categorical"),
+                },
+            },
+            _pos(0, y + 6, 3, 6),
+        ),
+        _widget(
+            by_id["workout_share"],
+            [member, minutes_ex],
+            {
+                "version": 3,
+                "widgetType": "pie",
+                "encodings": {"angle": _enc(minutes_ex, "quantitative"), "color": _enc(member, "categorical")},
+            },
+            _pos(3, y + 6, 3, 6),
+        ),
+        # One row per gym and day, a column per UTC hour: the HTML page's per-gym grids side by side.
+        _widget(
+            by_id["occupancy_heatmap"],
+            [_col("hour_of_day"), _col("gym_day"), occupancy],
+            {
+                "version": 3,
+                "widgetType": "heatmap",
+                "encodings": {
+                    "x": _enc(_col("hour_of_day"), "categorical"),
+                    "y": _enc(_col("gym_day"), "categorical"),
+                    "color": _enc(occupancy, "quantitative"),
+                },
+            },
+            _pos(0, y + 12, 6, 7),
+        ),
+        _bars(by_id["age_distribution"], _col("age"), [members], _pos(0, y + 19, 2, 6)),
+        _bars(by_id["gender_distribution"], _col("gender"), [members], _pos(2, y + 19, 2, 6)),
+        _bars(by_id["city_distribution"], _col("city"), [members], _pos(4, y + 19, 2, 6)),
+    ]
+
+
+def _filter(f: Filter, y: int) -> _Json:
+    queries = [_query(ds, [_col(f.column)], name=f"filter_{f.id}_{ds}") for ds in f.datasets]
+    return {
+        "widget": {
+            "name": f"filter_{f.id}",
+            "queries": queries,
+            "spec": {
+                "version": 2,
+                "widgetType": "filter-date-range-picker" if f.id == "date" else "filter-single-select",
+                "encodings": {
+                    "fields": [{"fieldName": f.column, "displayName": f.title, "queryName": q["name"]} for q in queries]
+                },
+                "frame": {"showTitle": True, "title": f.title},
+            },
+        },
+        "position": _pos(0, y, 2, 2),
+    }
+
+
+def _lines(sql: str) -> list[str]:
+    return sql.splitlines(keepends=True)
+
+
+def lakeview_dashboard(config: Config, *, title: str = "fitbit_stream KPIs") -> _Json:
+    """The Lakeview dashboard definition (``.lvdash.json`` content) over the tables of ``config``.
+
+    ``config.storage.catalog`` must be set: Lakeview datasets query Unity Catalog tables.
+    """
+    if not config.storage.catalog:
+        raise InvalidConfigError("storage.catalog: a Lakeview dashboard needs Unity Catalog tables, got no catalog")
+    resolve = table_resolver(config)
+    datasets = [
+        {"name": d.name, "displayName": d.title, "queryLines": _lines(dataset_sql(d, resolve))}
+        for d in DATASETS.values()
+    ]
+    layout: list[_Json] = [
+        {
+            "widget": {"name": "title", "multilineTextboxSpec": {"lines": [f"## {title}"]}},
+            "position": _pos(0, 0, 6, 1),
+        }
+    ]
+    layout += [_counter(k, _pos(2 * (i % 3), 1 + 3 * (i // 3), 2, 3)) for i, k in enumerate(TILES)]
+    layout += _chart_widgets(1 + 3 * ((len(TILES) + 2) // 3))
+    pages = [
+        {"name": "kpis", "displayName": "KPIs", "pageType": "PAGE_TYPE_CANVAS", "layout": layout},
+        {
+            "name": "filters",
+            "displayName": "Filters",
+            "pageType": "PAGE_TYPE_GLOBAL_FILTERS",
+            "layout": [_filter(f, 2 * i) for i, f in enumerate(FILTERS)],
+        },
+    ]
+    return {"datasets": datasets, "pages": pages}
+
+
+def write_lakeview(config: Config, out: Path) -> Path:
+    """Write :func:`lakeview_dashboard` for ``config`` as JSON to ``out``; returns its path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(lakeview_dashboard(config), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return out.absolute()
