@@ -1,7 +1,8 @@
 """Typed configuration: one frozen pydantic model tree, loaded from YAML plus ``--set`` overrides.
 
-Secrets never live in the YAML: a secret setting names an environment variable (``*_env``) or a
-Databricks secret scope, and is resolved into a ``SecretStr`` only when a connection is opened.
+Secrets never live in the YAML: a secret setting names an environment variable (``*_env``, or a
+:class:`SecretRef` with ``env``) or a Databricks secret scope (``secret_scope``/``secret_key``), and is
+resolved into a ``SecretStr`` only when credentials are checked or a connection is opened.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import yaml
 from pydantic import (
@@ -27,12 +28,17 @@ from pydantic import (
 from fitbit_stream.errors import InvalidConfigError
 
 __all__ = [
+    "AzureAuthMode",
+    "AzureConfig",
     "Config",
+    "EventHubsConfig",
     "KafkaConfig",
     "LandingConfig",
     "Layer",
     "Platform",
     "RulesConfig",
+    "SecretRef",
+    "SecretsReader",
     "SqlConfig",
     "StorageConfig",
     "StreamingConfig",
@@ -55,6 +61,80 @@ class Layer(StrEnum):
     SILVER = "silver"
     GOLD = "gold"
     OPS = "ops"
+
+
+class SecretsReader(Protocol):
+    """What ``dbutils.secrets`` offers: the value of one key of one Databricks secret scope."""
+
+    def get(self, scope: str, key: str) -> str: ...
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_name(value: str) -> str:
+    # The message never repeats the value: a value that is not a name may be the secret itself.
+    if not _ENV_NAME.fullmatch(value):
+        raise ValueError("must be the NAME of an environment variable ([A-Za-z_][A-Za-z0-9_]*), not a value")
+    return value
+
+
+class SecretRef(_Model):
+    """Where one secret comes from: an environment variable, or a key of a Databricks secret scope.
+
+    The configuration holds only this reference; the value is read by :meth:`resolve`.
+    """
+
+    env: str | None = None
+    secret_scope: str | None = None
+    secret_key: str | None = None
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: str | None) -> str | None:
+        return None if v is None else _env_name(v)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        scoped = (self.secret_scope is not None, self.secret_key is not None)
+        if scoped[0] != scoped[1]:
+            raise ValueError("secret_scope and secret_key go together")
+        if (self.env is None) == (not scoped[0]):
+            raise ValueError("set exactly one of env, or secret_scope with secret_key")
+        return self
+
+    def describe(self) -> str:
+        """Where the secret comes from (never its value)."""
+        if self.env is not None:
+            return f"environment variable {self.env!r}"
+        return f"Databricks secret scope {self.secret_scope!r} key {self.secret_key!r}"
+
+    def resolve(self, where: str, *, dbutils_secrets: SecretsReader | None = None) -> SecretStr:
+        """The secret's value; errors name ``where`` and the source, never the value."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise InvalidConfigError(f"{where}.env: environment variable {self.env!r} is not set")
+            if not value:
+                raise InvalidConfigError(f"{where}.env: environment variable {self.env!r} is empty")
+            return SecretStr(value)
+        if dbutils_secrets is None:
+            raise InvalidConfigError(
+                f"{where}: {self.describe()} can only be read on Databricks (dbutils.secrets); "
+                "elsewhere name an environment variable with env"
+            )
+        scope, key = str(self.secret_scope), str(self.secret_key)
+        try:
+            value = dbutils_secrets.get(scope, key)
+        except Exception as exc:  # dbutils raises py4j/Databricks errors of its own types
+            # A failed read knows no value to leak; its first line says why (no such scope, no access).
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise InvalidConfigError(
+                f"{where}: cannot read {self.describe()}: {type(exc).__name__}" + (f": {reason}" if reason else "")
+            ) from None
+        if not value:
+            raise InvalidConfigError(f"{where}: {self.describe()} is empty")
+        return SecretStr(value)
 
 
 class StorageConfig(_Model):
@@ -96,6 +176,12 @@ class KafkaTopics(_Model):
         return [self.user_info, self.bpm, self.workout]
 
 
+class EventHubsConfig(_Model):
+    """Azure Event Hubs through its Kafka endpoint (SASL_SSL, PLAIN, the namespace connection string)."""
+
+    connection_string: SecretRef
+
+
 class KafkaConfig(_Model):
     enabled: bool = True
     bootstrap_servers: str = "localhost:9092"
@@ -111,6 +197,8 @@ class KafkaConfig(_Model):
     options: dict[str, str] = Field(default_factory=dict)
     # Consumer options whose value is read from an environment variable: {option: ENV_NAME}.
     options_env: dict[str, str] = Field(default_factory=dict)
+    # Set for Azure Event Hubs: the SASL settings are then derived (see fitbit_stream.azure).
+    event_hubs: EventHubsConfig | None = None
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -129,6 +217,32 @@ class KafkaConfig(_Model):
                 raise ValueError(f"{key!r} carries a secret: set it through options_env instead")
         return v
 
+    @field_validator("options_env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, env in v.items():
+            try:
+                _env_name(env)
+            except ValueError as exc:
+                raise ValueError(f"{key!r}: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _event_hubs(self) -> KafkaConfig:
+        if self.event_hubs is None:
+            return self
+        clashing = sorted(
+            k for k in (*self.options, *self.options_env) if k.startswith("sasl.") or k == "security.protocol"
+        )
+        if clashing:
+            raise ValueError(f"event_hubs sets the SASL options itself: remove {clashing} from options/options_env")
+        ports = {server.strip().rpartition(":")[2] for server in self.bootstrap_servers.split(",")}
+        if ports != {"9093"}:
+            raise ValueError(
+                f"event_hubs: the Kafka endpoint of Event Hubs listens on port 9093, got {self.bootstrap_servers!r}"
+            )
+        return self
+
 
 class LandingConfig(_Model):
     """JSON-lines landing files (ADF / Kafka Connect) feeding the same bronze table as Kafka."""
@@ -143,8 +257,12 @@ class SqlConfig(_Model):
 
     enabled: bool = True
     url: str = "jdbc:sqlite:data/source.db"
+    # password: user + password (password_env or password_secret); azure_ad: a Microsoft Entra
+    # access token from the ``azure`` identity, passed as the JDBC ``accessToken`` property.
+    auth: Literal["password", "azure_ad"] = "password"
     user: str | None = None
     password_env: str | None = Field(default=None, description="name of the environment variable holding the password")
+    password_secret: SecretRef | None = Field(default=None, description="the password: env or Databricks secret scope")
     registered_users_table: str = "registered_users"
     gym_logins_table: str = "gym_logins"
     poll_interval_seconds: float = Field(default=30.0, gt=0)
@@ -154,9 +272,25 @@ class SqlConfig(_Model):
     def _jdbc_url(cls, v: str) -> str:
         if not v.startswith("jdbc:"):
             raise ValueError(f"expected a JDBC URL starting with 'jdbc:', got {v!r}")
-        if "password=" in v.lower():
+        if "password=" in v.lower() or "accesstoken=" in v.lower():
             raise ValueError("the JDBC URL must not carry a password: use password_env")
         return v
+
+    @field_validator("password_env")
+    @classmethod
+    def _password_env(cls, v: str | None) -> str | None:
+        return None if v is None else _env_name(v)
+
+    @model_validator(mode="after")
+    def _auth(self) -> SqlConfig:
+        if self.password_env is not None and self.password_secret is not None:
+            raise ValueError("set password_env or password_secret, not both")
+        if self.auth == "azure_ad":
+            if self.user is not None or self.password_env is not None or self.password_secret is not None:
+                raise ValueError("auth azure_ad uses an access token: remove user/password_env/password_secret")
+            if self.url.split(":", 2)[1] != "sqlserver":
+                raise ValueError(f"auth azure_ad needs a jdbc:sqlserver: URL (Azure SQL), got {self.url!r}")
+        return self
 
     @property
     def dialect(self) -> Literal["sqlite", "postgresql", "sqlserver"]:
@@ -169,7 +303,9 @@ class SqlConfig(_Model):
             return "sqlserver"
         raise InvalidConfigError(f"sql.url: unsupported JDBC scheme {scheme!r} in {self.url!r}")
 
-    def password(self) -> SecretStr | None:
+    def password(self, *, dbutils_secrets: SecretsReader | None = None) -> SecretStr | None:
+        if self.password_secret is not None:
+            return self.password_secret.resolve("sql.password_secret", dbutils_secrets=dbutils_secrets)
         if self.password_env is None:
             return None
         value = os.environ.get(self.password_env)
@@ -202,6 +338,70 @@ class StreamingConfig(_Model):
     state_store: Literal["hdfs", "rocksdb"] = "rocksdb"
 
 
+class AzureAuthMode(StrEnum):
+    SERVICE_PRINCIPAL = "service_principal"
+    MANAGED_IDENTITY = "managed_identity"
+    WORKLOAD_IDENTITY = "workload_identity"
+
+
+_STORAGE_ACCOUNT = re.compile(r"[a-z0-9]{3,24}")
+
+
+class AzureConfig(_Model):
+    """One Microsoft Entra identity for ADLS Gen2 (OAuth) and Azure SQL (access token).
+
+    - service_principal: tenant_id, client_id and client_secret (a SecretRef).
+    - managed_identity: the VM's identity; client_id picks a user-assigned one.
+    - workload_identity: tenant_id, client_id and a federated token file (AKS; the file defaults to
+      ``$AZURE_FEDERATED_TOKEN_FILE``).
+    """
+
+    auth: AzureAuthMode
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: SecretRef | None = None
+    federated_token_file: str | None = None
+    # Microsoft Entra authority host; sovereign clouds have their own (login.microsoftonline.us, ...).
+    authority_host: str = "login.microsoftonline.com"
+    # Managed identity token endpoint override (Hadoop's default is the VM's IMDS endpoint).
+    msi_endpoint: str | None = None
+    # ADLS Gen2 accounts the Spark session authenticates to (``<account>.<dfs_suffix>``).
+    storage_accounts: tuple[str, ...] = ()
+    dfs_suffix: str = "dfs.core.windows.net"
+
+    @field_validator("storage_accounts")
+    @classmethod
+    def _accounts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [a for a in v if not _STORAGE_ACCOUNT.fullmatch(a)]
+        if bad:
+            raise ValueError(f"storage account names are 3-24 lower-case letters and digits, got {bad}")
+        return v
+
+    @field_validator("authority_host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if "/" in v or not v.strip():
+            raise ValueError(f"expected a host name such as 'login.microsoftonline.com', got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _mode(self) -> AzureConfig:
+        mode = self.auth.value
+        if self.auth is AzureAuthMode.SERVICE_PRINCIPAL:
+            missing = [n for n in ("tenant_id", "client_id", "client_secret") if getattr(self, n) is None]
+        elif self.auth is AzureAuthMode.WORKLOAD_IDENTITY:
+            missing = [n for n in ("tenant_id", "client_id") if getattr(self, n) is None]
+        else:
+            missing = []
+        if missing:
+            raise ValueError(f"auth {mode} needs {', '.join(missing)}")
+        if self.client_secret is not None and self.auth is not AzureAuthMode.SERVICE_PRINCIPAL:
+            raise ValueError(f"auth {mode} uses no client_secret: remove it")
+        if self.federated_token_file is not None and self.auth is not AzureAuthMode.WORKLOAD_IDENTITY:
+            raise ValueError(f"federated_token_file belongs to auth workload_identity, not {mode}")
+        return self
+
+
 class Config(_Model):
     platform: Platform = Platform.LOCAL
     app_name: str = "fitbit-stream"
@@ -218,12 +418,20 @@ class Config(_Model):
     jars_dir: str = ".cache/jars"
     # Local platform state (Kafka broker logs and data).
     platform_dir: str = "data/platform"
+    # Microsoft Entra identity for ADLS Gen2 and Azure SQL (None: no Azure sign-in).
+    azure: AzureConfig | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> Config:
         if not (self.kafka.enabled or self.landing.enabled or self.sql.enabled):
             raise ValueError("enable at least one source: kafka.enabled, landing.enabled or sql.enabled")
+        if self.sql.auth == "azure_ad" and self.azure is None:
+            raise ValueError("sql.auth azure_ad needs an azure section (the identity that gets the token)")
         return self
+
+    def on_databricks(self) -> bool:
+        """Databricks by configuration, or because this process runs in a Databricks runtime."""
+        return self.platform is Platform.DATABRICKS or "DATABRICKS_RUNTIME_VERSION" in os.environ
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -251,6 +459,8 @@ def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
 
 # key=value secrets inside a rejected value (a JDBC URL, a JAAS line) are masked in messages.
 _SECRET_IN_TEXT = re.compile(r"(?i)(password|pwd|secret|token|accountkey|sharedaccesskey)\s*=\s*[^;&'\"\s]*")
+# A rejected value at a key like these is never shown at all.
+_SECRET_KEY = re.compile(r"(?i)secret|password|jaas|connection_string|token|credential")
 
 
 def _format_error(exc: ValidationError, data: Mapping[str, Any]) -> str:
@@ -264,7 +474,7 @@ def _format_error(exc: ValidationError, data: Mapping[str, Any]) -> str:
             else:
                 value = err.get("input")
                 break
-        if "secret" in loc.lower() or "password" in loc.lower() or "jaas" in loc.lower():
+        if _SECRET_KEY.search(loc):
             value = "**********"
         shown = _SECRET_IN_TEXT.sub(r"\1=**********", repr(value))
         lines.append(f"{loc or '<root>'}: {err['msg']} (got {shown})")

@@ -27,6 +27,14 @@ PACKAGE = ROOT / "src" / "fitbit_stream"
 SPARK_DISTRIBUTIONS = {"pyspark", "delta-spark"}
 # Top-level modules of the Spark distributions (py4j comes with pyspark).
 SPARK_MODULES = ("pyspark", "delta", "py4j")
+#: Every console script of the wheel: the CLI and one per Databricks job (python_wheel_task).
+CONSOLE_SCRIPTS = {
+    "fitbit-stream": "fitbit_stream.cli:main",
+    "fitbit-stream-bronze": "fitbit_stream.jobs:bronze",
+    "fitbit-stream-silver": "fitbit_stream.jobs:silver",
+    "fitbit-stream-gold": "fitbit_stream.jobs:gold",
+    "fitbit-stream-all": "fitbit_stream.jobs:all_layers",
+}
 SUBPACKAGES = ("transforms", "io", "platform", "generator", "dashboard")
 
 
@@ -87,8 +95,15 @@ def test_wheel_ships_every_module_and_the_typing_marker_and_nothing_else(project
 
     package = project / "src" / "fitbit_stream"
     expected_modules = {"fitbit_stream/" + p.relative_to(package).as_posix() for p in package.rglob("*.py")}
+    # The dashboard's script and style sheet are inlined into the page it writes: they must ship.
+    assets = {
+        "fitbit_stream/" + p.relative_to(package).as_posix()
+        for p in (package / "dashboard" / "assets").iterdir()
+        if p.suffix in (".js", ".css")
+    }
+    assert assets, "the dashboard assets are missing from the source tree"
     package_files = {n for n in names if n.startswith("fitbit_stream/")}
-    assert package_files == expected_modules | {"fitbit_stream/py.typed"}
+    assert package_files == expected_modules | assets | {"fitbit_stream/py.typed"}
     for sub in SUBPACKAGES:
         assert f"fitbit_stream/{sub}/__init__.py" in names
     # Only the package and its metadata: no tests, data, config, caches or compiled files.
@@ -103,7 +118,8 @@ def test_metadata_needs_no_spark_unless_an_extra_asks_for_it(wheel: Path) -> Non
     requirements = [Requirement(r) for r in metadata.get_all("Requires-Dist") or []]
 
     unconditional = {canonicalize_name(r.name) for r in requirements if r.marker is None}
-    assert unconditional >= {"pydantic", "pyyaml"}
+    # azure-identity signs in to ADLS and Azure SQL (imported lazily, see fitbit_stream.azure).
+    assert unconditional >= {"pydantic", "pyyaml", "azure-identity"}
     assert not unconditional & SPARK_DISTRIBUTIONS
 
     for extra in ("local", "dev"):
@@ -124,7 +140,7 @@ def test_metadata_needs_no_spark_unless_an_extra_asks_for_it(wheel: Path) -> Non
 def test_console_script_is_declared(wheel: Path) -> None:
     entry_points = configparser.ConfigParser()
     entry_points.read_string(_read(wheel, f"{_dist_info(wheel)}/entry_points.txt"))
-    assert dict(entry_points["console_scripts"]) == {"fitbit-stream": "fitbit_stream.cli:main"}
+    assert dict(entry_points["console_scripts"]) == CONSOLE_SCRIPTS
 
 
 def test_installed_console_script_runs_without_spark(wheel: Path, tmp_path: Path) -> None:
@@ -183,6 +199,13 @@ def test_installed_console_script_runs_without_spark(wheel: Path, tmp_path: Path
     assert usage.returncode == 0, usage.stderr
     for command in ("run", "platform", "generate", "demo", "config"):
         assert f"    {command} " in usage.stdout, command
+    for name in CONSOLE_SCRIPTS.keys() - {"fitbit-stream"}:
+        job = bin_dir / (f"{name}.exe" if sys.platform == "win32" else name)
+        job_usage = subprocess.run([str(job), "--help"], capture_output=True, text=True, timeout=60, check=False)
+        assert job_usage.returncode == 0, job_usage.stderr
+        assert job_usage.stdout.startswith(f"usage: {name} "), job_usage.stdout
+        for option in ("--config", "--set", "--once"):
+            assert option in job_usage.stdout, (name, option)
 
     shown = subprocess.run(
         [str(script), "config", "--config", "conf/local.yaml"],

@@ -1,0 +1,20 @@
+"""spark-submit entry point of the all-layers job: bronze, silver, gold (Databricks: ``spark_python_task``).
+
+    spark-submit --jars $(ls .cache/jars/spark/*.jar | paste -sd, -) \\
+        entrypoints/all.py --config conf/local.yaml --once [--set section.key=value ...]
+
+(``--jars``: under spark-submit the driver JVM starts before Python runs, so the session factory
+cannot add Delta and the connectors to it any more.)
+
+Thin on purpose: the arguments go to ``fitbit_stream.jobs.run_job("all", ...)``, the same function
+behind the ``fitbit-stream-all`` console script.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from fitbit_stream.jobs import run_job
+
+if __name__ == "__main__":
+    sys.exit(run_job("all", sys.argv[1:]))
