@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test unit e2e lint wheel platform-up platform-down clean
+.PHONY: setup demo test unit e2e lint wheel bench platform-up platform-down clean
 
 setup:
 	./scripts/setup.sh
@@ -22,6 +22,9 @@ unit: setup
 lint: setup
 	$(BIN)/ruff check src tests entrypoints
 	$(BIN)/mypy
+
+bench:
+	./scripts/bench.sh $(BENCH_ARGS)
 
 wheel: setup
 	$(BIN)/python -m build --wheel --outdir dist .
