@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     pipeline = Pipeline(spark, config)
     if args.once:
         started = time.monotonic()
-        report = pipeline.run_once(progress=lambda msg: print(f"[run] {msg}", flush=True))
+        report = pipeline.run_once(layers=args.job, progress=lambda msg: print(f"[run] {msg}", flush=True))
         print(report.table())
         print(f"[run] drained in {time.monotonic() - started:.1f}s")
         return 0
@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     print("[run] running; Ctrl-C stops cleanly", flush=True)
-    pipeline.run_continuously(stop)
+    pipeline.run_continuously(stop, layers=args.job, progress=lambda msg: print(f"[run] {msg}", flush=True))
     return 0
 
 
@@ -156,7 +156,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Start the local platform, generate a realistic day, run the pipeline until drained."""
+    """Start the local platform, generate a realistic day, run the pipeline until drained, write the dashboard."""
+    from fitbit_stream.dashboard.html import write_dashboard
     from fitbit_stream.generator.run import GenerateRequest, generate
     from fitbit_stream.pipeline import Pipeline
     from fitbit_stream.platform.kafka import KafkaBroker
@@ -189,7 +190,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(report.table())
     stage("pipeline", t)
 
+    t = time.monotonic()
+    page = write_dashboard(spark, config, Path(config.storage.root).parent / "dashboard.html")
+    stage("dashboard", t)
+
     print(f"[demo] tables under {Path(config.storage.root).absolute()}")
+    print(f"[demo] dashboard: open file://{page.absolute()} in a browser (it works offline)")
     print("[demo] elapsed per stage: " + ", ".join(f"{name} {secs:.1f}s" for name, secs in timings))
     return 0
 
@@ -198,6 +204,47 @@ def cmd_config(args: argparse.Namespace) -> int:
     """Print the validated configuration (secrets are never part of it)."""
     config = _config(args)
     print(config.model_dump_json(indent=2))
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    """Write the offline HTML dashboard over the gold tables (or, with --lakeview, the Databricks one)."""
+    config = _config(args)
+    if args.lakeview is not None:
+        from fitbit_stream.dashboard.lakeview import write_lakeview
+
+        print(write_lakeview(config, args.lakeview))
+        return 0
+    from fitbit_stream.dashboard.html import write_dashboard
+    from fitbit_stream.session import get_spark
+
+    print(write_dashboard(get_spark(config), config, args.out))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """Preload a seeded backlog, drain it, run the baselines and the steady phase; print the ratios."""
+    from fitbit_stream.bench.report import format_report
+    from fitbit_stream.bench.runner import BenchOptions, run_bench
+
+    options = BenchOptions(
+        scale=args.scale,
+        seed=args.seed,
+        chaos=args.chaos,
+        phases=tuple(p.strip() for p in args.phases.split(",") if p.strip()),
+        baselines=not args.no_baselines,
+        rate=args.rate,
+        steady_seconds=args.steady_seconds,
+        warmup_seconds=args.warmup_seconds,
+        grace_seconds=args.grace_seconds,
+        trigger_seconds=args.trigger_seconds,
+        work_dir=args.work_dir,
+        out_dir=args.out,
+        driver_memory=args.driver_memory,
+        keep=args.keep,
+    )
+    result = run_bench(_config(args), options, show=lambda msg: print(msg, flush=True))
+    print(format_report(result))
     return 0
 
 
@@ -213,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the pipeline (Kafka/landing/SQL -> bronze -> silver -> gold)")
     _add_config_args(run)
     run.add_argument("--once", action="store_true", help="drain all available input, then exit")
+    run.add_argument(
+        "--job",
+        choices=["bronze", "silver", "gold", "all"],
+        default="all",
+        help="the layer to run (its inputs must be drained by the layers before it); default all",
+    )
     run.set_defaults(func=cmd_run)
 
     plat = sub.add_parser("platform", help="start, stop or inspect the local Kafka broker (and PostgreSQL)")
@@ -245,6 +298,36 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("config", help="validate a config and print it")
     _add_config_args(show)
     show.set_defaults(func=cmd_config)
+
+    dash = sub.add_parser("dashboard", help="write the KPI dashboard over the gold tables as one offline HTML page")
+    _add_config_args(dash)
+    dash.add_argument("--out", type=Path, default=Path("data/dashboard.html"), help="the HTML file to write")
+    dash.add_argument(
+        "--lakeview",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="instead, write the Databricks Lakeview definition (.lvdash.json) for the config's catalog",
+    )
+    dash.set_defaults(func=_cmd_dashboard)
+
+    bench = sub.add_parser("bench", help="benchmark: drain a seeded backlog and a steady load, against baselines")
+    _add_config_args(bench)
+    bench.add_argument("--scale", type=float, default=1.0, help="backlog size; 1.0 = about 1M heart-rate readings")
+    bench.add_argument("--seed", type=int, default=42)
+    bench.add_argument("--chaos", type=float, default=0.001, help="rate of bad/duplicate records in the backlog")
+    bench.add_argument("--phases", default="drain,steady", help="comma-separated: drain, steady")
+    bench.add_argument("--no-baselines", action="store_true", help="skip the raw-Kafka and hand-written baselines")
+    bench.add_argument("--rate", type=float, default=2000.0, help="steady phase: records produced per second")
+    bench.add_argument("--steady-seconds", type=float, default=180.0, help="steady phase: seconds of production")
+    bench.add_argument("--warmup-seconds", type=float, default=30.0, help="steady phase: first seconds left out")
+    bench.add_argument("--grace-seconds", type=float, default=120.0, help="steady phase: wait for catch-up at most")
+    bench.add_argument("--trigger-seconds", type=float, default=1.0, help="steady phase: processing-time trigger")
+    bench.add_argument("--work-dir", type=Path, default=Path("data/bench"), help="broker, tables, checkpoints")
+    bench.add_argument("--out", type=Path, default=Path("bench/results"), help="where the JSON and table go")
+    bench.add_argument("--driver-memory", default="2g")
+    bench.add_argument("--keep", action="store_true", help="keep the run's work directory")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 
