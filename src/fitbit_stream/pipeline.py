@@ -207,18 +207,21 @@ class Pipeline:
         spark = self.spark
         read = partial(self.tables.read, spark)
         ref = self.tables.ref
-        years = reduce(
-            lambda a, b: a.unionByName(b),
-            [
-                years_of(read(ref("kafka_multiplex_bz")), "timestamp"),
-                years_of(read(ref("heart_rate")), "time"),
-                years_of(read(ref("workouts")), "time"),
-                years_of(read(ref("user_profile_history")), "valid_from", "valid_to"),
-                years_of(read(ref("user_profile")), "updated"),
-                years_of(read(ref("registered_users_bz")), "registration_timestamp"),
-                years_of(read(ref("gym_logins_bz")), "login", "logout"),
-            ],
-        ).distinct()
+        sources = [
+            years_of(read(ref("kafka_multiplex_bz")), "timestamp"),
+            years_of(read(ref("heart_rate")), "time"),
+            years_of(read(ref("workouts")), "time"),
+            years_of(read(ref("user_profile_history")), "valid_from", "valid_to"),
+            years_of(read(ref("user_profile")), "updated"),
+            years_of(read(ref("registered_users_bz")), "registration_timestamp"),
+            years_of(read(ref("gym_logins_bz")), "login", "logout"),
+        ]
+        # Every accepted profile change, including those that leave no version behind (a delete of
+        # a user who does not exist); the CDC engine creates its change log with its first change.
+        changes = ref("_user_profile_changes", layer="silver")
+        if self.tables.exists(spark, changes):
+            sources.append(years_of(read(changes), USER_PROFILE_CDC.event_time))
+        years = reduce(lambda a, b: a.unionByName(b), sources).distinct()
         insert_if_absent(spark, self.tables, ref("date_lookup"), date_lookup(years), keys=["date"])
 
     def purge_tombstones(self) -> None:

@@ -102,10 +102,11 @@ def _local_conf(config: Config) -> dict[str, str]:
 
 
 def quiet_py4j() -> None:
-    """Keep py4j's DEBUG wire log off: it echoes every string sent to the JVM, secrets included."""
+    """Keep py4j's wire log off: at DEBUG it echoes every string sent to the JVM, secrets included,
+    and at INFO it logs every call back from the JVM (each streaming progress event)."""
     py4j = logging.getLogger("py4j")
-    if py4j.getEffectiveLevel() < logging.INFO:
-        py4j.setLevel(logging.INFO)
+    if py4j.getEffectiveLevel() < logging.WARNING:
+        py4j.setLevel(logging.WARNING)
 
 
 def _require_delta(spark: SparkSession) -> None:
