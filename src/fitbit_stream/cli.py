@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -222,6 +222,45 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _as_of(text: str | None) -> date:
+    return date.fromisoformat(text) if text else datetime.now(UTC).date()
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    """Compare every silver and gold table with its batch recomputation from bronze."""
+    from fitbit_stream.recompute import verify
+    from fitbit_stream.session import get_spark
+
+    config = _config(args)
+    report = verify(get_spark(config), config, as_of=_as_of(args.as_of), examples=args.examples)
+    print(report.table())
+    return 0 if report.ok else 1
+
+
+def _cmd_rebuild(args: argparse.Namespace) -> int:
+    """Empty silver and gold and derive them again from bronze."""
+    if not args.yes:
+        print(
+            "fitbit-stream rebuild: this empties every silver and gold table and their checkpoints, then "
+            "derives them again from bronze; stop the pipeline and pass --yes to proceed",
+            file=sys.stderr,
+        )
+        return 2
+    from fitbit_stream.recompute import rebuild
+    from fitbit_stream.session import get_spark
+
+    config = _config(args)
+    report = rebuild(
+        get_spark(config),
+        config,
+        as_of=_as_of(args.as_of),
+        keep_late=not args.drop_late,
+        progress=lambda msg: print(f"[rebuild] {msg}", flush=True),
+    )
+    print(report.table())
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     """Preload a seeded backlog, drain it, run the baselines and the steady phase; print the ratios."""
     from fitbit_stream.bench.report import format_report
@@ -310,6 +349,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead, write the Databricks Lakeview definition (.lvdash.json) for the config's catalog",
     )
     dash.set_defaults(func=_cmd_dashboard)
+
+    as_of_help = "reference date of user_bins (YYYY-MM-DD), as the run used it; default today (UTC)"
+    check = sub.add_parser("verify", help="compare silver and gold with a batch recomputation from bronze")
+    _add_config_args(check)
+    check.add_argument("--as-of", default=None, help=as_of_help)
+    check.add_argument("--examples", type=int, default=5, help="example keys shown per table and kind of difference")
+    check.set_defaults(func=_cmd_verify)
+
+    redo = sub.add_parser("rebuild", help="empty silver and gold and derive them again from bronze (not Kafka)")
+    _add_config_args(redo)
+    redo.add_argument("--yes", action="store_true", help="confirm: silver and gold tables and checkpoints are reset")
+    redo.add_argument("--as-of", default=None, help=as_of_help)
+    redo.add_argument(
+        "--drop-late",
+        action="store_true",
+        help="forget the late decisions too (default: keep them and leave those records out)",
+    )
+    redo.set_defaults(func=_cmd_rebuild)
 
     bench = sub.add_parser("bench", help="benchmark: drain a seeded backlog and a steady load, against baselines")
     _add_config_args(bench)

@@ -1,0 +1,341 @@
+"""The batch recomputation, ``verify`` and ``rebuild`` on a small literal world.
+
+Two pipeline runs (the second brings a reading within the horizon, a reading beyond it, and a
+profile change) give the clean state. verify must find no difference; a hand-made change to one
+silver row and one gold row must be reported as exactly those tables and keys; rebuild (also after
+an interruption, and run twice) must restore the literal clean rows; a forged ``late`` decision
+must be reported as implausible.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from fitbit_stream import cli
+from fitbit_stream.config import Config, load_config
+from fitbit_stream.errors import PipelineError
+from fitbit_stream.io.silver import TopicWriter
+from fitbit_stream.io.tables import Tables
+from fitbit_stream.pipeline import Pipeline
+from fitbit_stream.recompute import COMPARED_TABLES, rebuild, recompute, verify
+from fitbit_stream.schemas import KAFKA_MULTIPLEX_BZ, QUARANTINE
+from fitbit_stream.transforms.dates import week_part
+
+AS_OF = date(2025, 6, 1)
+LOAD = datetime(2025, 3, 3, 12, 0)
+
+Record = tuple[str, str, object, datetime]
+
+
+def at(h: int, m: int = 0, day: int = 3) -> datetime:
+    return datetime(2025, 3, day, h, m)
+
+
+def epoch(ts: datetime) -> int:
+    return int(ts.replace(tzinfo=UTC).timestamp())
+
+
+@pytest.fixture
+def overrides(tmp_path: Path, spark_config: Config) -> list[str]:
+    db = tmp_path / "source.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TABLE registered_users "
+            "(user_id BIGINT, device_id BIGINT, mac_address TEXT, registration_timestamp TIMESTAMP)"
+        )
+        conn.execute("CREATE TABLE gym_logins (mac_address TEXT, gym BIGINT, login TIMESTAMP, logout TIMESTAMP)")
+        conn.execute("INSERT INTO registered_users VALUES (1, 101, 'aa:bb:cc:dd:ee:01', '2025-03-01 08:00:00')")
+        conn.execute("INSERT INTO registered_users VALUES (2, 202, 'aa:bb:cc:dd:ee:02', '2025-03-01 09:00:00')")
+        conn.execute(
+            "INSERT INTO gym_logins VALUES ('aa:bb:cc:dd:ee:01', 1, '2025-03-03 10:00:00', '2025-03-03 11:30:00')"
+        )
+    (tmp_path / "landing").mkdir()
+    return [
+        f"storage.root={tmp_path / 'lake'}",
+        f"storage.checkpoint_root={tmp_path / 'chk'}",
+        f"jars_dir={spark_config.jars_dir}",
+        "kafka.enabled=false",
+        "landing.enabled=true",
+        f"landing.path={tmp_path / 'landing'}",
+        f"sql.url=jdbc:sqlite:{db}",
+        "streaming.shuffle_partitions=1",
+    ]
+
+
+@pytest.fixture
+def world(overrides: list[str]) -> Config:
+    return load_config(None, overrides)
+
+
+class Bronze:
+    """Appends literal Kafka records to kafka_multiplex_bz: increasing offsets per topic, and one
+    load_time per append (a later append is a later bronze commit)."""
+
+    def __init__(self, spark: SparkSession, config: Config) -> None:
+        self.spark, self.tables = spark, Tables(config)
+        self.offsets = {"user_info": 0, "bpm": 0, "workout": 0}
+        self.loads = 0
+
+    def add(self, records: list[Record]) -> None:
+        load_time = LOAD + timedelta(minutes=self.loads)
+        self.loads += 1
+        rows = []
+        for topic, key, value, ts in records:
+            text = value if isinstance(value, str) else json.dumps(value)
+            rows.append((key, text, topic, 0, self.offsets[topic], ts, ts.date(), None, load_time))
+            self.offsets[topic] += 1
+        df = self.spark.createDataFrame(rows, KAFKA_MULTIPLEX_BZ).withColumn("week_part", week_part("date"))
+        self.tables.append(df, self.tables.ensure(self.spark, "kafka_multiplex_bz"))
+
+
+def bpm(device: int, ts: datetime, hr: float | None) -> Record:
+    return ("bpm", str(device), {"device_id": device, "time": epoch(ts), "heartrate": hr}, ts)
+
+
+def workout(user: int, wid: int, sid: int, ts: datetime, action: str, *, record_time: datetime | None = None) -> Record:
+    payload = {"user_id": user, "workout_id": wid, "session_id": sid, "timestamp": epoch(ts), "action": action}
+    return ("workout", str(user), payload, record_time or ts)
+
+
+PROFILE = {
+    "dob": "01/15/1990",
+    "sex": "M",
+    "gender": "M",
+    "first_name": "Ann",
+    "last_name": "Lee",
+    "address": {"street_address": "1 Main St", "city": "Austin", "state": "TX", "zip": 8701},
+}
+
+
+def profile_change(kind: str, ts: datetime, city: str) -> Record:
+    address = {**PROFILE["address"], "city": city}  # type: ignore[dict-item]  # a literal dict
+    payload = {"user_id": 1, "update_type": kind, "timestamp": epoch(ts), **PROFILE, "address": address}
+    return ("user_info", "1", payload, ts)
+
+
+RUN1: list[Record] = [
+    profile_change("new", at(0, day=2), "Austin"),
+    workout(1, 5, 1, at(10, 10), "start"),
+    workout(1, 5, 1, at(10, 40), "stop"),
+    workout(2, 7, 1, at(10, 30), "start"),
+    workout(2, 7, 1, at(10, 20), "stop"),  # stop before start: invalid_session under this record
+    workout(1, 6, 2, at(10, 0, day=4), "start", record_time=at(10, 0)),  # a day ahead: future
+    bpm(101, at(10, 10), 90.0),  # at start_time: not in the session
+    bpm(101, at(10, 20), 100.0),
+    bpm(101, at(10, 20), 55.0),  # duplicate key: the first ingested wins
+    bpm(101, at(10, 30), None),  # NULL: invalid
+    bpm(101, at(10, 35), 300.0),  # out of range: invalid
+    bpm(101, at(10, 40), 120.0),  # at end_time: in the session
+    bpm(101, at(10, 50), 130.0),  # after the session
+    ("bpm", "101", "not json", at(10, 51)),
+]
+RUN2: list[Record] = [
+    bpm(101, at(10, 25), 110.0),  # older than the max (10:50), within the 60 min horizon
+    bpm(101, at(9, 0), 70.0),  # more than 60 min before 10:50: late
+    profile_change("update", at(10, 5), "Dallas"),
+]
+
+HEART_RATE_ROWS = [
+    (101, at(10, 10), 90.0, True),
+    (101, at(10, 20), 100.0, True),
+    (101, at(10, 25), 110.0, True),
+    (101, at(10, 30), None, False),
+    (101, at(10, 35), 300.0, False),
+    (101, at(10, 40), 120.0, True),
+    (101, at(10, 50), 130.0, True),
+]
+HEART_RATE_SCHEMA = "device_id bigint, time timestamp, heartrate double, valid boolean"
+SUMMARY_ROWS = [(1, 5, 1, date(2025, 3, 3), "35-45", "M", "M", "Dallas", "TX", 100.0, 110.0, 120.0, 3)]
+SUMMARY_SCHEMA = (
+    "user_id bigint, workout_id int, session_id int, date date, age string, sex string, gender string, "
+    "city string, state string, min_bpm double, avg_bpm double, max_bpm double, num_recordings bigint"
+)
+QUARANTINE_ROWS = [
+    ("bpm", 0, 7, "malformed_json"),
+    ("bpm", 0, 9, "late"),
+    ("workout", 0, 3, "invalid_session"),
+    ("workout", 0, 4, "future"),
+]
+
+
+def table(spark: SparkSession, config: Config, name: str) -> DataFrame:
+    tables = Tables(config)
+    return tables.read(spark, tables.ref(name))
+
+
+def assert_rows(actual: DataFrame, rows: Sequence[tuple[object, ...]], schema: str) -> None:
+    assert_df_equality(
+        actual,
+        actual.sparkSession.createDataFrame(rows, schema),
+        ignore_row_order=True,
+        ignore_nullable=True,
+        ignore_column_order=True,
+    )
+
+
+def assert_clean(spark: SparkSession, config: Config) -> None:
+    """The literal state two clean runs give (and every rebuild must restore)."""
+    assert_rows(table(spark, config, "heart_rate"), HEART_RATE_ROWS, HEART_RATE_SCHEMA)
+    assert_rows(table(spark, config, "workout_bpm_summary"), SUMMARY_ROWS, SUMMARY_SCHEMA)
+    assert_rows(
+        table(spark, config, "completed_workouts"),
+        [(1, 5, 1, at(10, 10), at(10, 40))],
+        "user_id bigint, workout_id int, session_id int, start_time timestamp, end_time timestamp",
+    )
+    assert_rows(
+        table(spark, config, "workout_bpm"),
+        [(1, 5, 1, t, at(10, 10), at(10, 40), hr) for t, hr in ((at(10, 20), 100.0), (at(10, 25), 110.0))]
+        + [(1, 5, 1, at(10, 40), at(10, 10), at(10, 40), 120.0)],
+        "user_id bigint, workout_id int, session_id int, time timestamp, start_time timestamp, "
+        "end_time timestamp, heartrate double",
+    )
+    assert_rows(
+        table(spark, config, "quarantine").select("topic", "partition", "offset", "reason"),
+        QUARANTINE_ROWS,
+        "topic string, partition int, offset bigint, reason string",
+    )
+    assert_rows(
+        table(spark, config, "user_profile_history").select("user_id", "city", "valid_from", "valid_to"),
+        [(1, "Austin", at(0, day=2), at(10, 5)), (1, "Dallas", at(10, 5), None)],
+        "user_id bigint, city string, valid_from timestamp, valid_to timestamp",
+    )
+    assert_rows(
+        table(spark, config, "gym_summary").select("gym", "mac_address", "login", "workouts", "minutes_exercising"),
+        [(1, "aa:bb:cc:dd:ee:01", at(10), [5], 30.0)],
+        "gym bigint, mac_address string, login timestamp, workouts array<int>, minutes_exercising double",
+    )
+    years = table(spark, config, "date_lookup").agg(F.count("*"), F.min("date"), F.max("date")).first()
+    assert years is not None
+    assert tuple(years) == (365, date(2025, 1, 1), date(2025, 12, 31))
+
+
+def run_clean(spark: SparkSession, config: Config) -> None:
+    bronze = Bronze(spark, config)
+    pipeline = Pipeline(spark, config)
+    bronze.add(RUN1)
+    pipeline.run_once(as_of=AS_OF)
+    bronze.add(RUN2)
+    pipeline.run_once(as_of=AS_OF)
+
+
+def test_verify_alter_rebuild(
+    spark: SparkSession,
+    world: Config,
+    overrides: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run_clean(spark, world)
+    assert_clean(spark, world)
+
+    # --- a clean run: the recomputation agrees everywhere, and the one late decision is plausible
+    clean = verify(spark, world, as_of=AS_OF)
+    assert clean.ok, clean.table()
+    assert [t.table for t in clean.tables] == list(COMPARED_TABLES)
+    assert (clean.late.checked, clean.late.implausible) == (1, 0)
+    expected = recompute(spark, world, as_of=AS_OF)
+    assert_rows(expected["heart_rate"], HEART_RATE_ROWS, HEART_RATE_SCHEMA)
+    assert_rows(expected["workout_bpm_summary"], SUMMARY_ROWS, SUMMARY_SCHEMA)
+    assert expected["quarantine"].schema.fieldNames() == QUARANTINE.fieldNames()
+
+    # --- one silver value changed and one gold row deleted by hand: exactly those are reported
+    tables = Tables(world)
+    tables.delta(spark, tables.ref("heart_rate")).update(
+        "device_id = 101 AND time = TIMESTAMP'2025-03-03 10:20:00'", {"heartrate": "99.0"}
+    )
+    tables.delta(spark, tables.ref("workout_bpm_summary")).delete("user_id = 1")
+    altered = verify(spark, world, as_of=AS_OF, examples=3)
+    assert not altered.ok
+    assert set(altered.differences) == {"heart_rate", "workout_bpm_summary"}
+    hr = altered.differences["heart_rate"]
+    assert (hr.differing, hr.only_in_stream, hr.only_in_batch, hr.duplicate_keys) == (1, 0, 0, 0)
+    assert dict(hr.examples) == {"differing": ((101, at(10, 20)),)}
+    summary = altered.differences["workout_bpm_summary"]
+    assert (summary.only_in_batch, summary.only_in_stream, summary.differing) == (1, 0, 0)
+    assert (summary.stream_rows, summary.batch_rows) == (0, 1)
+    assert dict(summary.examples) == {"only_in_batch": ((1, 5, 1),)}
+    text = altered.table()
+    assert "heart_rate differing (device_id, time): (101, 2025-03-03 10:20:00)" in text
+    assert "workout_bpm_summary only_in_batch (user_id, workout_id, session_id): (1, 5, 1)" in text
+
+    # --- rebuild, crashed half-way (silver_user_info re-derived, silver_bpm failing in its first
+    # micro-batch): a second rebuild finishes the job
+    class Crashing(TopicWriter):
+        def __call__(self, batch: DataFrame, batch_id: int) -> None:
+            if self.kind == "bpm":
+                raise RuntimeError("crash in the middle of the rebuild")
+            super().__call__(batch, batch_id)
+
+    checkpoints = Path(world.storage.checkpoint_root)
+    with monkeypatch.context() as patch:
+        patch.setattr("fitbit_stream.recompute.TopicWriter", Crashing)
+        with pytest.raises(PipelineError, match="silver_bpm"):
+            rebuild(spark, world, as_of=AS_OF)
+    # the old checkpoints wait in the trash, bronze's stays, new ones have started
+    assert (checkpoints / "_rebuild_trash" / "silver_bpm").is_dir()
+    assert (checkpoints / "bronze_landing_multiplex").is_dir()
+    assert (checkpoints / "silver_user_info").is_dir()
+    assert table(spark, world, "heart_rate").isEmpty()
+
+    report = rebuild(spark, world, as_of=AS_OF)
+    assert report.kept_late == 1
+    assert "quarantine" in report.tables_reset
+    # the others were moved aside (and are now deleted) by the interrupted rebuild
+    assert report.checkpoints_reset == ("silver_bpm", "silver_user_info")
+    assert not (checkpoints / "_rebuild_trash").exists()
+    assert_clean(spark, world)
+
+    # --- rebuilding again is harmless, and the CLI's verify agrees (exit 0)
+    again = rebuild(spark, world, as_of=AS_OF)
+    assert {"silver_bpm", "silver_workout", "derived_workout_bpm"} <= set(again.checkpoints_reset)
+    assert_clean(spark, world)
+    monkeypatch.setattr("fitbit_stream.session.get_spark", lambda config, **kw: spark)
+    args = ["verify", "--as-of", AS_OF.isoformat()]
+    for item in overrides:
+        args += ["--set", item]
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    assert "OK: every table equals its recomputation" in capsys.readouterr().out
+
+    # --- a forged late decision for an accepted reading is implausible (nothing newer came before)
+    forged = (
+        table(spark, world, "kafka_multiplex_bz")
+        .filter((F.col("topic") == "bpm") & (F.col("offset") == 6))
+        .select(
+            "key",
+            "value",
+            "topic",
+            "partition",
+            "offset",
+            "timestamp",
+            F.lit("late").alias("reason"),
+            F.lit("forged").alias("detail"),
+            F.lit(None).cast("timestamp").alias("quarantined_at"),
+        )
+    )
+    tables.append(forged, tables.ref("quarantine"))
+    report_late = verify(spark, world, as_of=AS_OF, tables=["heart_rate", "quarantine"])
+    assert (report_late.late.checked, report_late.late.implausible) == (2, 1)
+    assert report_late.late.examples == (("bpm", 0, 6),)
+    # the batch takes the decision as given (same quarantine row) and leaves the reading out
+    assert set(report_late.differences) == {"heart_rate"}
+    assert dict(report_late.differences["heart_rate"].examples) == {"only_in_stream": ((101, at(10, 50)),)}
+
+
+def test_rebuild_cli_needs_yes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["rebuild"]) == 2
+    assert "--yes" in capsys.readouterr().err
+
+
+def test_verify_rejects_unknown_tables(spark: SparkSession, world: Config) -> None:
+    with pytest.raises(PipelineError, match="unknown table"):
+        verify(spark, world, as_of=AS_OF, tables=["kafka_multiplex_bz"])
