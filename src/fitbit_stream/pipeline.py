@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import partial, reduce
 from typing import TYPE_CHECKING, Literal, get_args
 
+from pyspark.errors import StreamingQueryException
 from pyspark.sql import functions as F
 
 from fitbit_stream.config import Config
@@ -77,7 +78,12 @@ def _input_rows(query: StreamingQuery) -> int:
 
 
 def _await(query: StreamingQuery) -> None:
-    query.awaitTermination()
+    """Wait for an available-now query to end; its failure becomes a :class:`PipelineError`."""
+    try:
+        query.awaitTermination()
+    except StreamingQueryException as exc:  # awaitTermination re-raises the query's own failure
+        message = str(exc).split("\n\nJVM stacktrace:")[0]
+        raise PipelineError(f"query {query.name!r} failed: {message}") from None
     error = query.exception()
     if error is not None:
         raise PipelineError(f"query {query.name!r} failed: {error}")

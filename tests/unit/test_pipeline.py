@@ -358,3 +358,29 @@ def test_tombstones_older_than_the_retention_are_purged_and_stay_effective(spark
     assert [r["user_id"] for r in table(spark, world, "user_profile").collect()] == [2]
     late = table(spark, world, "quarantine").filter("topic = 'user_info'").select("key", "reason").collect()
     assert [tuple(r) for r in late] == [("1", "late")]
+
+
+def test_a_failed_query_surfaces_as_a_pipeline_error(spark: SparkSession, tmp_path: Path) -> None:
+    from fitbit_stream.pipeline import _await
+
+    source = str(tmp_path / "source")
+    spark.createDataFrame([(1,)], "n int").write.format("delta").save(source)
+
+    def explode(batch: DataFrame, batch_id: int) -> None:
+        raise ValueError("poison batch 7")
+
+    query = (
+        spark.readStream.format("delta")
+        .load(source)
+        .writeStream.queryName("doomed")
+        .foreachBatch(explode)
+        .option("checkpointLocation", str(tmp_path / "cp"))
+        .trigger(availableNow=True)
+        .start()
+    )
+    try:
+        with pytest.raises(PipelineError, match=r"(?s)query 'doomed' failed: .*poison batch 7") as info:
+            _await(query)
+        assert "JVM stacktrace" not in str(info.value)
+    finally:
+        query.stop()
