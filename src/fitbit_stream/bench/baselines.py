@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, LongType, StructField, StructType
 
+from fitbit_stream.azure import auth_for
 from fitbit_stream.bench.report import (
     BASELINE_COPY,
     BASELINE_HANDWRITTEN,
@@ -63,7 +64,11 @@ def _drain(query: StreamingQuery, started: float) -> QueryFigures:
 
 
 def _kafka(spark: SparkSession, config: Config) -> DataFrame:
-    return spark.readStream.format("kafka").options(**kafka_options(config.kafka)).load()
+    return (
+        spark.readStream.format("kafka")
+        .options(**kafka_options(config.kafka, auth=auth_for(config).kafka_auth_options()))
+        .load()
+    )
 
 
 def kafka_to_noop(spark: SparkSession, config: Config, *, checkpoint: str) -> QueryFigures:

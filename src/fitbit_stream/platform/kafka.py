@@ -312,6 +312,53 @@ class KafkaBroker:
         _LOG.info("deleted kafka topics %s", sorted(deleted))
         return sorted(deleted)
 
+    def delete_records(
+        self, before: Mapping[tuple[str, int], int], *, timeout: float = 30.0
+    ) -> dict[tuple[str, int], int]:
+        """Delete every record below ``before[(topic, partition)]`` (what retention does, on demand);
+        returns each partition's new earliest offset. Fault tests use it to lose data on purpose."""
+        from confluent_kafka import TopicPartition
+
+        if not before:
+            return {}
+        admin = self._admin()
+        futures = admin.delete_records(
+            [TopicPartition(topic, partition, offset) for (topic, partition), offset in before.items()],
+            operation_timeout=timeout,
+            request_timeout=timeout,
+        )
+        low: dict[tuple[str, int], int] = {}
+        for tp, future in futures.items():
+            try:
+                low[(tp.topic, tp.partition)] = int(future.result().low_watermark)
+            except Exception as exc:
+                raise PlatformError(f"could not delete records of {tp.topic}[{tp.partition}]: {exc}") from None
+        _LOG.info("deleted kafka records below %s", dict(before))
+        return low
+
+    def alter_topic_config(self, name: str, config: Mapping[str, str], *, timeout: float = 30.0) -> None:
+        """Set some of a topic's configuration entries (e.g. ``max.message.bytes``), keeping the others."""
+        from confluent_kafka.admin import (  # type: ignore[attr-defined]  # documented path, not in __all__
+            AlterConfigOpType,
+            ConfigEntry,
+            ConfigResource,
+            ResourceType,
+        )
+
+        resource = ConfigResource(
+            ResourceType.TOPIC,
+            name,
+            incremental_configs=[
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in config.items()
+            ],
+        )
+        futures = self._admin().incremental_alter_configs([resource], request_timeout=timeout)
+        for future in futures.values():
+            try:
+                future.result()
+            except Exception as exc:
+                raise PlatformError(f"could not alter the configuration of kafka topic {name!r}: {exc}") from None
+
     # -- internals -------------------------------------------------------------------------------
 
     def _status(
