@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     spark = get_spark(config)
-    pipeline = Pipeline(spark, config)
+    pipeline = Pipeline(spark, config, reset_checkpoints=args.reset_checkpoints)
     if args.once:
         started = time.monotonic()
         report = pipeline.run_once(layers=args.job, progress=lambda msg: print(f"[run] {msg}", flush=True))
@@ -304,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["bronze", "silver", "gold", "all"],
         default="all",
         help="the layer to run (its inputs must be drained by the layers before it); default all",
+    )
+    run.add_argument(
+        "--reset-checkpoints",
+        action="store_true",
+        help="start queries whose checkpoint is missing or foreign on new checkpoints (the old ones are "
+        "moved aside; bronze resumes after the records it holds) instead of refusing to start",
     )
     run.set_defaults(func=cmd_run)
 

@@ -68,6 +68,11 @@ def build_parser(job: Job) -> argparse.ArgumentParser:
         default=None,
         help="reference date of user_bins (YYYY-MM-DD; default: today, UTC)",
     )
+    parser.add_argument(
+        "--reset-checkpoints",
+        action="store_true",
+        help="start queries whose checkpoint is missing or foreign on new checkpoints instead of refusing",
+    )
     return parser
 
 
@@ -114,7 +119,7 @@ def run_job(
             spark = get_spark(config, auth=auth)
         else:
             configure_session(spark, config, auth)
-        pipeline = Pipeline(spark, config)
+        pipeline = Pipeline(spark, config, reset_checkpoints=args.reset_checkpoints)
         if args.once:
             started = time.monotonic()
             report = pipeline.run_once(layers=job, as_of=args.as_of, progress=say)

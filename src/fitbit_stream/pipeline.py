@@ -23,7 +23,10 @@ from pyspark.sql import functions as F
 
 from fitbit_stream.config import Config
 from fitbit_stream.errors import PipelineError
+from fitbit_stream.io import guard
 from fitbit_stream.io.bronze import (
+    KAFKA_BRONZE_QUERY,
+    LANDING_BRONZE_QUERY,
     SqlIngestResult,
     Trigger,
     ingest_sql_sources,
@@ -107,11 +110,19 @@ def select_layers(layers: str | Collection[str]) -> tuple[Layer, ...]:
 
 
 class Pipeline:
-    """All queries of one configuration."""
+    """All queries of one configuration.
 
-    def __init__(self, spark: SparkSession, config: Config) -> None:
+    Every run holds the single-writer lock of the checkpoint root and first checks that each query
+    it starts is on the checkpoint that wrote its tables (:mod:`fitbit_stream.io.guard`): a missing,
+    moved or foreign checkpoint is refused unless ``reset_checkpoints`` (then it is moved aside and
+    the query starts on a new one without duplicating or skipping a record).
+    """
+
+    def __init__(self, spark: SparkSession, config: Config, *, reset_checkpoints: bool = False) -> None:
         self.spark = spark
         self.config = config
+        self.reset_checkpoints = reset_checkpoints
+        self._holding = False
         self.tables = Tables(config)
         # Derived tables read their inputs' change feeds: every table is created with the feed on.
         spark.conf.set("spark.databricks.delta.properties.defaults.enableChangeDataFeed", "true")
@@ -135,6 +146,49 @@ class Pipeline:
             recorder.flush(self.spark, self.tables, self.progress_table)
         except Exception:  # losing an ops figure must never fail the pipeline
             log.exception("could not persist query progress to %s", self.progress_table)
+
+    # --- the start-up guards --------------------------------------------------------------------
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the single-writer lock of the checkpoint root (re-entrant within this object)."""
+        if self._holding:
+            yield
+            return
+        with guard.lock(self.config):
+            self._holding = True
+            try:
+                yield
+            finally:
+                self._holding = False
+
+    def query_names(self, layers: str | Collection[str] = ALL_LAYERS) -> list[str]:
+        """The names (and checkpoint directories) of the queries the selected layers start."""
+        selected = select_layers(layers)
+        names: list[str] = []
+        if "bronze" in selected:
+            names += [KAFKA_BRONZE_QUERY] if self.config.kafka.enabled else []
+            names += [LANDING_BRONZE_QUERY] if self.config.landing.enabled else []
+        if "silver" in selected:
+            names += [f"silver_{kind}" for kind in _SILVER_KINDS] + ["silver_users", "silver_gym_logs"]
+        for layer in ("silver", "gold"):
+            if layer in selected:
+                names += [f"derived_{spec.name}" for spec in DERIVED if TABLES[spec.name].layer == layer]
+        return names
+
+    def check_checkpoints(self, layers: str | Collection[str] = ALL_LAYERS, *, reset: bool | None = None) -> list[str]:
+        """Refuse (or, with ``reset``, renew) every missing or foreign checkpoint of the layers' queries."""
+        with self.exclusive():
+            renewed = guard.check(
+                self.spark,
+                self.config,
+                self.tables,
+                self.query_names(layers),
+                reset=self.reset_checkpoints if reset is None else reset,
+            )
+        if renewed:
+            log.warning("started on new checkpoints: %s", ", ".join(renewed))
+        return renewed
 
     # --- query builders ------------------------------------------------------------------------
 
@@ -266,7 +320,8 @@ class Pipeline:
         selected = select_layers(layers)
         report = RunReport()
         once: Trigger = {"availableNow": True}
-        with self._recording(progress) as recorder:
+        with self.exclusive(), self._recording(progress) as recorder:
+            self.check_checkpoints(selected)
 
             def drain(query: StreamingQuery, started: float) -> None:
                 try:
@@ -321,7 +376,8 @@ class Pipeline:
         """Run every query of the selected layers until ``stop`` is set; then stop them cleanly."""
         selected = select_layers(layers)
         trigger: Trigger = {"processingTime": f"{self.config.streaming.trigger_interval_seconds} seconds"}
-        with self._recording(progress) as recorder:
+        with self.exclusive(), self._recording(progress) as recorder:
+            self.check_checkpoints(selected)
             queries: list[StreamingQuery] = []
             try:
                 if "bronze" in selected:

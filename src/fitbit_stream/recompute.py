@@ -708,18 +708,21 @@ def rebuild(
     if running:
         raise PipelineError(f"rebuild: stop the running queries first: {', '.join(running)}")
     checkpoints = _Checkpoints(config)
-    moved = checkpoints.move_aside()
-    progress(f"checkpoints moved aside: {', '.join(moved) or '-'}")
-    reset = _reset_tables(spark, tables, keep_late=keep_late)
-    progress(f"tables emptied: {', '.join(reset) or '-'}")
-    kept = 0
-    if keep_late:
-        quarantine = tables.ref("quarantine")
-        if tables.exists(spark, quarantine):
-            kept = tables.read(spark, quarantine).filter(F.col("reason") == LATE).count()
     # Pipeline() creates missing tables with the change feed on before any writer starts.
     pipeline = Pipeline(spark, config)
-    _rederive_topics(spark, config, keep_late=keep_late, progress=progress)
-    report = pipeline.run_once(as_of=as_of, layers=("silver", "gold"), progress=progress)
-    checkpoints.empty_trash()
+    with pipeline.exclusive():  # no pipeline may run on these checkpoints while they are replaced
+        moved = checkpoints.move_aside()
+        progress(f"checkpoints moved aside: {', '.join(moved) or '-'}")
+        reset = _reset_tables(spark, tables, keep_late=keep_late)
+        progress(f"tables emptied: {', '.join(reset) or '-'}")
+        kept = 0
+        if keep_late:
+            quarantine = tables.ref("quarantine")
+            if tables.exists(spark, quarantine):
+                kept = tables.read(spark, quarantine).filter(F.col("reason") == LATE).count()
+        # New, registered checkpoints for every silver and gold query before any of them starts.
+        pipeline.check_checkpoints(("silver", "gold"), reset=True)
+        _rederive_topics(spark, config, keep_late=keep_late, progress=progress)
+        report = pipeline.run_once(as_of=as_of, layers=("silver", "gold"), progress=progress)
+        checkpoints.empty_trash()
     return RebuildReport(checkpoints_reset=moved, tables_reset=reset, kept_late=kept, run=report)

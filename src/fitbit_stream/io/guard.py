@@ -27,7 +27,8 @@ e.g. an ``abfss://`` URL, the checkpoint Spark creates is registered at the next
   the checkpoints kept: continuing would skip everything read before): refuse unless reset.
 - not registered, no checkpoint: a new query, created and registered; unless the registry is
   empty and the query's output already holds rows (a lake from before the guard whose checkpoint
-  was lost): refuse unless reset.
+  was lost): refuse unless reset. Bronze queries are the exception: a new bronze checkpoint
+  resumes after the records bronze already holds, so rows there are no reason to refuse it.
 
 **Reset** (``fitbit-stream run --reset-checkpoints``) acts on the refused queries only. Their
 checkpoint directory is moved aside to ``<name>.reset-<UTC time>`` (never deleted: it is the
@@ -86,6 +87,7 @@ __all__ = [
     "CHECKPOINT_REGISTRY",
     "LOCK_FILE",
     "QUERY_OUTPUTS",
+    "REGISTRY_TABLE",
     "CheckpointInfo",
     "check",
     "checkpoint_id",
@@ -326,7 +328,9 @@ def check(
                     continue
             adopt[name] = (info.checkpoint_id, info.location)
             continue
-        if not registered and holds_output(name):
+        # A new bronze checkpoint resumes after the records bronze holds (io/bronze.py): bronze
+        # rows from an older pipeline or another writer are no reason to refuse it.
+        if not registered and not name.startswith("bronze_") and holds_output(name):
             problems[name] = (
                 f"its checkpoint {info.location} is missing, but its output tables "
                 f"{', '.join(QUERY_OUTPUTS[name])} already hold rows"
