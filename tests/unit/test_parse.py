@@ -297,3 +297,27 @@ def test_parse_is_one_pass_without_joins_or_udfs(spark: SparkSession, capsys: py
 def test_unknown_kind_is_refused(spark: SparkSession) -> None:
     with pytest.raises(InvalidConfigError, match="payload kind"):
         parse_payload(bronze(spark, "x", []), kind="gym")
+
+
+def test_a_value_that_is_not_utf8_is_malformed_even_inside_a_json_string(spark: SparkSession) -> None:
+    # Kafka hands bytes; bronze keeps them as a string without checking (CONTRACT §1.1: UTF-8 JSON).
+    values = [
+        b'{"device_id":7,"time":1,"n":"\xff\xfe"}',  # valid JSON syntax, invalid bytes inside a string
+        b"\xc3\x28",  # not UTF-8, not JSON
+        '{"device_id":7,"time":1,"n":"caf\u00e9"}'.encode(),  # valid UTF-8, kept
+        b'{"device_id":7,"time":1,"n":"\xff\xfe"}',  # the same bad record twice
+    ]
+    base = bronze(spark, "bpm", ["x"] * len(values))
+    raw = spark.createDataFrame([(i, v) for i, v in enumerate(values)], "offset long, raw binary")
+    df = base.drop("value").join(raw, "offset").withColumn("value", F.col("raw").cast("string")).drop("raw")
+    actual = parse_payload(df, kind="bpm").select("offset", "device_id", "reason", "detail")
+    want = spark.createDataFrame(
+        [
+            (0, None, MJ, "value: not valid UTF-8"),
+            (1, None, MJ, "value: not valid UTF-8"),
+            (2, 7, None, None),
+            (3, None, MJ, "value: not valid UTF-8"),
+        ],
+        "offset long, device_id long, reason string, detail string",
+    )
+    assert_df_equality(actual, want, ignore_row_order=True, ignore_nullable=True)

@@ -335,6 +335,9 @@ def _parse(df: DataFrame, kind: str, build: Callable[[_Payload], None]) -> DataF
     # VARIANT's parser stops after the first JSON value, so an object must also end with its brace.
     malformed = (
         F.when(value.isNull(), F.lit("value: NULL"))
+        # Kafka's bytes become a string unchecked, and parse_json accepts invalid UTF-8 inside a
+        # JSON string: without this check such bytes would reach silver's text columns.
+        .when(~F.is_valid_utf8(value), F.lit("value: not valid UTF-8"))
         .when(v.isNull(), F.lit("value: not valid JSON"))
         .when(
             ~value.rlike(r"^[ \t\n\r]*\{"),
