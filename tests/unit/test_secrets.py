@@ -271,11 +271,19 @@ def test_canary_secrets_never_leak_from_a_real_bronze_run(
 
     # ... and nothing else does: progress (listener events and the ops table), files, output, logs.
     assert not [j for j in collector.json if leaks(j)]
-    progress_ref = tables.ref("_query_progress", layer="ops")
-    if tables.exists(spark, progress_ref):
-        rows = [json.dumps(r.asDict(), default=str) for r in tables.read(spark, progress_ref).collect()]
-        assert any("bronze_landing_multiplex" in r for r in rows)
-        assert not [r for r in rows if leaks(r)]
+    # Every ops table row by row (the query progress and the checkpoint registry at least), not only
+    # their compressed Parquet bytes; then every file, checkpoint files included.
+    ops_tables = sorted(p.name for p in (tmp_path / "lake" / "ops").iterdir() if (p / "_delta_log").is_dir())
+    assert {"_query_progress", "_checkpoints"} <= set(ops_tables)
+    for name in ops_tables:
+        rows = [
+            json.dumps(r.asDict(), default=str) for r in tables.read(spark, tables.ref(name, layer="ops")).collect()
+        ]
+        assert name not in {"_query_progress", "_checkpoints"} or any("bronze_landing_multiplex" in r for r in rows)
+        assert not [r for r in rows if leaks(r)], name
+    checkpoint = tmp_path / "checkpoints" / "bronze_landing_multiplex"
+    assert (checkpoint / "metadata").is_file()
+    assert (checkpoint / "commits" / "0").is_file()
     assert _files_holding_canaries(tmp_path / "lake", tmp_path / "checkpoints") == {}
 
     assert cli.main(["config", *argv]) == 0
