@@ -24,7 +24,7 @@ from pyspark.sql.types import DoubleType, LongType, StructField, StructType
 
 from fitbit_stream.config import load_config
 from fitbit_stream.io.merge import _range_prune, insert_if_absent
-from fitbit_stream.io.silver import QUARANTINE_KEY, LateState
+from fitbit_stream.io.silver import QUARANTINE_KEY, LateState, TopicWriter, _stats
 from fitbit_stream.io.tables import Tables
 from fitbit_stream.session import get_spark
 from fitbit_stream.transforms.bpm import HEART_RATE_KEY, to_heart_rate
@@ -124,12 +124,40 @@ def main(bronze: str) -> None:
         "_range_prune (min/max of time, window evaluated again)",
         lambda: _range_prune(to_heart_rate(accepted(cached), low=25, high=250), "time"),
     )
-    late = LateState(tables, spark)
-    best_of("LateState.previous_max (ops table read)", lambda: late.previous_max(spark, "q", 10**9))
-    batch_ids = iter(range(1, 10**6))
+    best_of("_stats: counts, max and bounds in one pass (persisted batch)", lambda: _stats(cached))
+    stats = _stats(cached)
     best_of(
-        "LateState.record (one-row MERGE)",
-        lambda: late.record(spark, "q", next(batch_ids), batch_max_event_time(cached)),
+        "_range_prune skipped: bounds from _stats, unique=True (plan only)",
+        lambda: _range_prune(to_heart_rate(accepted(cached), low=25, high=250), "time", stats.bounds),
+    )
+    late = LateState(tables, spark)
+    best_of("LateState.previous_max (ops table read)", lambda: LateState(tables, spark).previous_max(spark, "q", 10**9))
+    best_of("LateState.previous_max (next batch, remembered)", lambda: late.previous_max(spark, "q", 0))
+    batch_ids = iter(range(0, 10**6))
+    maximum = iter(range(int(stats.max_micros or 0), 10**18))
+
+    def record() -> None:
+        late.FOLD_AFTER = 10**9
+        late.record(spark, "q", next(batch_ids), next(maximum))
+
+    best_of("LateState.record (blind append of one row)", record)
+
+    def fold() -> None:
+        late.FOLD_AFTER = 1
+        late.record(spark, "q", next(batch_ids), next(maximum))
+
+    best_of("LateState.record (fold: replaceWhere of the query's rows)", fold)
+    best_of(
+        "old LateState.record (one-row MERGE, insert_if_absent)",
+        lambda: insert_if_absent(
+            spark,
+            tables,
+            late.ref,
+            batch_max_event_time(cached).select(
+                F.lit("old").alias("query"), F.lit(next(batch_ids)).cast("long").alias("batch_id"), "max_event_time"
+            ),
+            keys=["query", "batch_id"],
+        ),
     )
     quarantine = tables.ensure(spark, "quarantine")
     best_of(
@@ -163,6 +191,20 @@ def main(bronze: str) -> None:
         rows = to_heart_rate(accepted(cached), low=25, high=250)
         insert_if_absent(spark, tables, tables.ref("heart_rate"), rows, keys=HEART_RATE_KEY, prune_on="time")
 
+    def library_merge_now() -> None:
+        fresh_heart_rate()
+        rows = to_heart_rate(accepted(cached), low=25, high=250)
+        insert_if_absent(
+            spark,
+            tables,
+            tables.ref("heart_rate"),
+            rows,
+            keys=HEART_RATE_KEY,
+            prune_on="time",
+            prune_bounds=stats.bounds,
+            unique=True,
+        )
+
     def notebook_merge() -> None:
         path = fresh_heart_rate()
         (
@@ -173,7 +215,16 @@ def main(bronze: str) -> None:
             .execute()
         )
 
-    best_of("library heart_rate insert (parsed batch cached), empty table", library_merge)
+    best_of("library heart_rate insert (parsed batch cached), empty table, before", library_merge)
+    best_of("library heart_rate insert, bounds known + unique (as TopicWriter now)", library_merge_now)
+
+    def library_stage() -> None:
+        """silver_bpm's whole batch as TopicWriter runs it now, on an empty heart_rate table."""
+        fresh_heart_rate()
+        writer = TopicWriter(spark, config, "bpm", f"micro_{time.monotonic_ns()}")
+        writer(source, 0)
+
+    best_of("library stage: TopicWriter(bpm) on the batch, empty table", library_stage)
     best_of("notebook parse + dedup + MERGE, empty table", notebook_merge)
     spark.stop()
 

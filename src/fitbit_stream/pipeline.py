@@ -15,7 +15,6 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from functools import partial, reduce
 from typing import TYPE_CHECKING, Literal, get_args
 
 from pyspark.errors import StreamingQueryException
@@ -38,7 +37,7 @@ from fitbit_stream.io.derived import DERIVED, DerivedSpec, change_stream
 from fitbit_stream.io.merge import insert_if_absent, replace_scopes
 from fitbit_stream.io.progress import QUERY_PROGRESS, ProgressRecorder
 from fitbit_stream.io.silver import LateState, RegistrationsWriter, TopicWriter, VisitsWriter
-from fitbit_stream.io.tables import Tables
+from fitbit_stream.io.tables import TableRef, Tables
 from fitbit_stream.schemas import TABLES
 from fitbit_stream.transforms.cdc import USER_PROFILE_CDC
 from fitbit_stream.transforms.dates import date_lookup, years_of
@@ -123,6 +122,9 @@ class Pipeline:
         self.config = config
         self.reset_checkpoints = reset_checkpoints
         self._holding = False
+        # What the batch tails last saw (Delta versions, years), so an unchanged input is not read again.
+        self._tail_versions: dict[str, object] = {}
+        self._date_lookup_years: dict[str, tuple[int | None, frozenset[int]]] = {}
         self.tables = Tables(config)
         # Derived tables read their inputs' change feeds: every table is created with the feed on.
         spark.conf.set("spark.databricks.delta.properties.defaults.enableChangeDataFeed", "true")
@@ -255,34 +257,79 @@ class Pipeline:
     # --- batch tails ---------------------------------------------------------------------------
 
     def refresh_user_bins(self, as_of: date) -> None:
-        """``user_bins`` as of the job's reference date (recomputed whole: it moves with the date)."""
+        """``user_bins`` as of the job's reference date (recomputed whole: it moves with the date).
+
+        Skipped while neither the date, ``user_profile`` nor ``user_bins`` changed since this
+        object's last refresh (the Delta versions it saw are kept in memory).
+        """
         spark = self.spark
-        target = self.tables.ref("user_bins")
-        rows = user_bins(self.tables.read(spark, self.tables.ref("user_profile")), as_of=as_of)
+        memo = self._tail_versions
+        source, target = self.tables.ref("user_profile"), self.tables.ref("user_bins")
+
+        def version(ref: TableRef) -> int | None:
+            row = self.tables.delta(spark, ref).history(1).select("version").first()
+            return None if row is None else int(row[0])
+
+        seen = (as_of, version(source))
+        if memo.get("user_bins") == (*seen, version(target)):
+            return
+        rows = user_bins(self.tables.read(spark, source), as_of=as_of)
         scopes = rows.select("user_id").unionByName(self.tables.read(spark, target).select("user_id"))
         replace_scopes(spark, self.tables, target, rows, scopes=scopes, scope_keys=["user_id"], keys=["user_id"])
+        memo["user_bins"] = (*seen, version(target))
 
     def refresh_date_lookup(self) -> None:
-        """Every day of every year that a record timestamp or an accepted event time falls in."""
+        """Every day of every year that a record timestamp or an accepted event time falls in.
+
+        The years of each input table are kept in memory with the Delta version they were read at:
+        a table that did not change is not read again, and ``date_lookup`` is written only when a
+        year it lacks turns up.
+        """
         spark = self.spark
-        read = partial(self.tables.read, spark)
         ref = self.tables.ref
-        sources = [
-            years_of(read(ref("kafka_multiplex_bz")), "timestamp"),
-            years_of(read(ref("heart_rate")), "time"),
-            years_of(read(ref("workouts")), "time"),
-            years_of(read(ref("user_profile_history")), "valid_from", "valid_to"),
-            years_of(read(ref("user_profile")), "updated"),
-            years_of(read(ref("registered_users_bz")), "registration_timestamp"),
-            years_of(read(ref("gym_logins_bz")), "login", "logout"),
+        memo = self._date_lookup_years
+        inputs = [
+            (ref("kafka_multiplex_bz"), ("timestamp",)),
+            (ref("heart_rate"), ("time",)),
+            (ref("workouts"), ("time",)),
+            (ref("user_profile_history"), ("valid_from", "valid_to")),
+            (ref("user_profile"), ("updated",)),
+            (ref("registered_users_bz"), ("registration_timestamp",)),
+            (ref("gym_logins_bz"), ("login", "logout")),
         ]
         # Every accepted profile change, including those that leave no version behind (a delete of
         # a user who does not exist); the CDC engine creates its change log with its first change.
         changes = ref("_user_profile_changes", layer="silver")
         if self.tables.exists(spark, changes):
-            sources.append(years_of(read(changes), USER_PROFILE_CDC.event_time))
-        years = reduce(lambda a, b: a.unionByName(b), sources).distinct()
-        insert_if_absent(spark, self.tables, ref("date_lookup"), date_lookup(years), keys=["date"])
+            inputs.append((changes, (USER_PROFILE_CDC.event_time,)))
+
+        def version(table: TableRef) -> int | None:
+            row = self.tables.delta(spark, table).history(1).select("version").first()
+            return None if row is None else int(row[0])
+
+        def years(table: TableRef, columns: tuple[str, ...]) -> frozenset[int]:
+            return frozenset(int(r["year"]) for r in years_of(self.tables.read(spark, table), *columns).collect())
+
+        wanted: set[int] = set()
+        for table, columns in inputs:
+            at = version(table)
+            known = memo.get(str(table))
+            if known is None or known[0] is None or known[0] != at:
+                known = (at, years(table, columns))
+                memo[str(table)] = known
+            wanted |= known[1]
+        target = ref("date_lookup")
+        at = version(target)
+        held = memo.get(str(target))
+        if held is None or held[0] is None or held[0] != at:
+            held = (at, years(target, ("date",)))
+        if wanted <= held[1]:
+            memo[str(target)] = held
+            return
+        missing = sorted(wanted - held[1])
+        rows = date_lookup(spark.createDataFrame([(y,) for y in missing], "year int"))
+        insert_if_absent(spark, self.tables, target, rows, keys=["date"])
+        memo[str(target)] = (version(target), held[1] | frozenset(missing))
 
     def purge_tombstones(self) -> None:
         """Forget the change log of users deleted longer ago than the tombstone retention.
@@ -328,9 +375,9 @@ class Pipeline:
                     _await(query)
                 finally:
                     # recentProgress is complete once the query has ended; the listener's copy of
-                    # the last batch may still be on its way.
+                    # the last batch may still be on its way. Written once, when the run ends (one
+                    # MERGE instead of one per query).
                     recorder.add_all(query.recentProgress)
-                    self.flush_progress(recorder)
                 rows = _input_rows(query)
                 report.add(query.name or "query", rows, time.monotonic() - started)
                 progress(f"{query.name}: {rows} rows in {time.monotonic() - started:.1f}s")

@@ -52,7 +52,10 @@ def test_insert_if_absent_first_ingested_wins_and_replay_is_a_no_op(spark: Spark
     assert _versions(spark, tables, "hr") == before or history["operationMetrics"]["numTargetRowsInserted"] == "0"
 
 
-def test_replace_scopes_diffs_inserts_updates_deletes_atomically(spark: SparkSession, tables: Tables) -> None:
+@pytest.mark.parametrize("pruned", [False, True], ids=["whole-target", "time-bounded"])
+def test_replace_scopes_diffs_inserts_updates_deletes_atomically(
+    spark: SparkSession, tables: Tables, pruned: bool
+) -> None:
     from pyspark.sql.types import StructType
 
     schema = "user_id bigint, session_id int, time timestamp, heartrate double"
@@ -87,6 +90,9 @@ def test_replace_scopes_diffs_inserts_updates_deletes_atomically(spark: SparkSes
             scopes=scopes,
             scope_keys=["user_id", "session_id"],
             keys=["user_id", "session_id", "time"],
+            # every row of the replaced scopes, current and new, lies in [T0, T1]
+            prune_on="time" if pruned else None,
+            prune_bounds=(str(T0), str(T1)) if pruned else None,
         )
 
     replace()
@@ -111,6 +117,30 @@ def test_replace_scopes_diffs_inserts_updates_deletes_atomically(spark: SparkSes
             "0",
             "0",
         ]
+
+
+def test_insert_if_absent_with_known_bounds_and_unique_rows(spark: SparkSession, tables: Tables) -> None:
+    from pyspark.sql.types import StructType
+
+    schema = StructType.fromDDL(SCHEMA)
+    assert isinstance(schema, StructType)  # fromDDL is typed as returning any DataType
+    ref = tables.ensure(spark, "hr_bounds", schema=schema, layer="silver")
+    tables.append(spark.createDataFrame([(7, T0, 61.0, 1)], SCHEMA), ref)
+    # one row per key already (the caller reduced them); the range is the rows' own
+    batch = spark.createDataFrame([(7, T0, 99.0, 2), (7, T1, None, 3), (8, T1, 70.0, 4)], SCHEMA)
+    for _ in range(2):  # the second time is a replay
+        insert_if_absent(
+            spark,
+            tables,
+            ref,
+            batch,
+            keys=["device_id", "time"],
+            prune_on="time",
+            prune_bounds=(str(T0), str(T1)),
+            unique=True,
+        )
+    expected = spark.createDataFrame([(7, T0, 61.0, 1), (7, T1, None, 3), (8, T1, 70.0, 4)], SCHEMA)
+    assert_df_equality(tables.read(spark, ref), expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_conflict_retry_retries_only_conflicts() -> None:

@@ -457,13 +457,17 @@ def measure(
 
 
 def _ops_state_rows(spark: SparkSession, tables: Tables) -> list[tuple[float, int]]:
-    """(commit time, rows inserted) of the late rule's state table, ``_event_time_state``."""
+    """(commit time, rows added less rows removed) of the late rule's state table, ``_event_time_state``.
+
+    Summed up to a time, the figures give the table's row count then (the writer folds old rows).
+    """
+    change = F.col("_change_type")
     try:
         rows = (
             _changes(spark, tables, "_event_time_state", layer="ops")
-            .where(F.col("_change_type") == "insert")
+            .where(change.isin("insert", "delete"))
             .groupBy("_commit_timestamp")
-            .count()
+            .agg(F.sum(F.when(change == "insert", F.lit(1)).otherwise(F.lit(-1))).alias("count"))
             .collect()
         )
     except Exception:  # the table's layout belongs to the silver writers; no figure is no failure

@@ -62,6 +62,25 @@ def _from(batch: DataFrame, source: str, *columns: str) -> DataFrame:
     return batch.filter(F.col("_source") == source).select(*columns).dropna().dropDuplicates(list(columns))
 
 
+def _session_bounds(sessions: DataFrame) -> tuple[str, str] | None:
+    """(earliest start, latest end) of ``sessions`` as Spark renders them; None when there are none."""
+    row = sessions.agg(
+        F.min("start_time").cast("string").alias("lo"), F.max("end_time").cast("string").alias("hi")
+    ).first()
+    if row is None or row["lo"] is None or row["hi"] is None:
+        return None
+    return str(row["lo"]), str(row["hi"])
+
+
+def _within(df: DataFrame, column: str, bounds: tuple[str, str] | None) -> DataFrame:
+    """``df`` where ``column`` lies in ``bounds`` (no bounds: all of it), as a literal range that
+    Delta's file skipping can use."""
+    if bounds is None:
+        return df
+    lo, hi = bounds
+    return df.where(f"`{column}` BETWEEN CAST('{lo}' AS TIMESTAMP) AND CAST('{hi}' AS TIMESTAMP)")
+
+
 @dataclass(frozen=True)
 class DerivedSpec:
     name: str
@@ -97,9 +116,21 @@ def _workout_bpm_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
         by_user = completed.join(_from(batch, "users", "user_id"), ["user_id"], "left_semi").select(*SESSION_KEY)
         scopes = by_reading.unionByName(by_session).unionByName(by_user).distinct().persist()
         try:
-            rows = workout_bpm(completed.join(scopes, list(SESSION_KEY), "left_semi"), heart_rate, users)
+            sessions = completed.join(scopes, list(SESSION_KEY), "left_semi")
+            # A session's rows lie within its bounds (never changed: completed_workouts is
+            # insert-only), so readings and target are read only there: O(batch), not O(table).
+            bounds = _session_bounds(sessions)
+            rows = workout_bpm(sessions, _within(heart_rate, "time", bounds), users)
             replace_scopes(
-                spark, tables, target, rows, scopes=scopes, scope_keys=SESSION_KEY, keys=(*SESSION_KEY, "time")
+                spark,
+                tables,
+                target,
+                rows,
+                scopes=scopes,
+                scope_keys=SESSION_KEY,
+                keys=(*SESSION_KEY, "time"),
+                prune_on="time",
+                prune_bounds=bounds,
             )
         finally:
             scopes.unpersist()
@@ -127,9 +158,11 @@ def _workout_bpm_summary_writer(tables: Tables) -> Callable[[DataFrame, int], No
         )
         try:
             users = scopes.select("user_id").distinct()
+            sessions = completed.join(scopes, list(SESSION_KEY), "left_semi")
+            bounds = _session_bounds(sessions)
             rows = workout_bpm_summary(
-                completed.join(scopes, list(SESSION_KEY), "left_semi"),
-                readings.join(scopes, list(SESSION_KEY), "left_semi"),
+                sessions,
+                _within(readings, "time", bounds).join(scopes, list(SESSION_KEY), "left_semi"),
                 history.join(users, ["user_id"], "left_semi"),
             )
             replace_scopes(spark, tables, target, rows, scopes=scopes, scope_keys=SESSION_KEY, keys=SESSION_KEY)

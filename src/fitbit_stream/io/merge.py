@@ -64,13 +64,20 @@ def _on(keys: Sequence[str], left: str = "t", right: str = "s") -> str:
     return " AND ".join(f"{left}.`{k}` <=> {right}.`{k}`" for k in keys)
 
 
-def _range_prune(df: DataFrame, column: str) -> str | None:
-    """A literal range on ``column`` that lets Delta skip target files by their min/max stats."""
-    # Rendered by Spark in the session time zone: a Python datetime would be in the process's zone.
-    row = df.agg(F.min(column).cast("string").alias("lo"), F.max(column).cast("string").alias("hi")).first()
-    if row is None or row["lo"] is None:
-        return None
-    return f"t.`{column}` BETWEEN CAST('{row['lo']}' AS TIMESTAMP) AND CAST('{row['hi']}' AS TIMESTAMP)"
+def _range_prune(df: DataFrame, column: str, bounds: tuple[str, str] | None = None) -> str | None:
+    """A literal range on ``column`` that lets Delta skip target files by their min/max stats.
+
+    ``bounds`` (the range as Spark renders timestamps to strings) saves the aggregation when the
+    caller already knows it.
+    """
+    if bounds is None:
+        # Rendered by Spark in the session time zone: a Python datetime would be in the process's zone.
+        row = df.agg(F.min(column).cast("string").alias("lo"), F.max(column).cast("string").alias("hi")).first()
+        if row is None or row["lo"] is None:
+            return None
+        bounds = (row["lo"], row["hi"])
+    lo, hi = bounds
+    return f"t.`{column}` BETWEEN CAST('{lo}' AS TIMESTAMP) AND CAST('{hi}' AS TIMESTAMP)"
 
 
 def insert_if_absent(
@@ -82,19 +89,26 @@ def insert_if_absent(
     keys: Sequence[str],
     order_by: Sequence[Column] = (),
     prune_on: str | None = None,
+    prune_bounds: tuple[str, str] | None = None,
+    unique: bool = False,
 ) -> None:
     """Insert the rows whose key the table does not hold; the first by ``order_by`` per key wins.
 
-    ``prune_on`` names a (timestamp) column whose batch range bounds the target files scanned.
+    ``prune_on`` names a (timestamp) column whose batch range bounds the target files scanned;
+    ``prune_bounds`` is that range (lowest, highest, as Spark casts them to string) when the caller
+    knows it already. ``unique=True`` says ``rows`` already hold one row per key (the caller
+    reduced them): the second reduction is then skipped.
     """
-    if order_by:
+    if unique:
+        pass
+    elif order_by:
         first = Window.partitionBy(*keys).orderBy(*order_by)
         rows = rows.withColumn("_rn", F.row_number().over(first)).filter("_rn = 1").drop("_rn")
     else:
         rows = rows.dropDuplicates(list(keys))
     condition = _on(keys)
     if prune_on is not None:
-        prune = _range_prune(rows, prune_on)
+        prune = _range_prune(rows, prune_on, prune_bounds)
         if prune is None:
             return
         condition = f"{prune} AND {condition}"
@@ -114,21 +128,32 @@ def replace_scopes(
     scopes: DataFrame,
     scope_keys: Sequence[str],
     keys: Sequence[str],
+    prune_on: str | None = None,
+    prune_bounds: tuple[str, str] | None = None,
 ) -> None:
     """Make the target rows of each scope in ``scopes`` equal to ``rows`` (one atomic MERGE).
 
     ``scopes`` holds the distinct ``scope_keys`` values to replace; ``rows`` is the complete new
     content of those scopes (rows outside them are ignored). Target rows of other scopes are
     untouched. Unchanged rows are not rewritten, so a replay commits nothing new.
+
+    ``prune_on`` and ``prune_bounds`` (a timestamp column and its range, as Spark renders it) say
+    that every row of the scopes, current and new, lies in that range: the target is then read and
+    merged only there, and Delta skips the other files by their statistics.
     """
     scopes = scopes.select(*scope_keys).dropDuplicates(list(scope_keys))
     columns = list(rows.columns)
     value_columns = [c for c in columns if c not in keys]
     new = rows.join(scopes, list(scope_keys), "left_semi").dropDuplicates(list(keys))
+    prune = None if prune_on is None or prune_bounds is None else _range_prune(rows, prune_on, prune_bounds)
+    condition = _on(keys) if prune is None else f"{prune} AND {_on(keys)}"
 
     def diff() -> DataFrame:
         # Built per attempt: after a conflict the target must be re-read at its new version.
-        current = tables.read(spark, ref).select(*columns).join(scopes, list(scope_keys), "left_semi")
+        target = tables.read(spark, ref)
+        if prune is not None:
+            target = target.alias("t").where(F.expr(prune))
+        current = target.select(*columns).join(scopes, list(scope_keys), "left_semi")
         # A key column may legitimately be NULL, so presence is tracked by markers.
         joined = (
             new.withColumn("_in_new", F.lit(True))
@@ -163,7 +188,7 @@ def replace_scopes(
         merge_builder = (
             tables.delta(spark, ref)
             .alias("t")
-            .merge(diff().alias("s"), _on(keys))
+            .merge(diff().alias("s"), condition)
             .whenMatchedDelete(condition="s._action = 'delete'")
         )
         if value_columns:

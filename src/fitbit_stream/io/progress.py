@@ -44,6 +44,9 @@ __all__ = ["QUERY_PROGRESS", "ProgressRecord", "ProgressRecorder", "backlog_of",
 
 log = logging.getLogger(__name__)
 
+#: how many (run_id, batch_id) keys the recorder remembers as shown
+_SHOWN_KEPT = 4096
+
 QUERY_PROGRESS = StructType(
     [
         StructField("query_name", StringType()),
@@ -175,6 +178,10 @@ class ProgressRecorder(StreamingQueryListener):
         self._show = show
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, int], ProgressRecord] = {}
+        # Shown apart from pending: the buffer is flushed once per run, and a batch's progress may
+        # reach the listener after ``recentProgress`` buffered it unshown. Only the latest keys are
+        # kept (insertion order), so a long run does not grow it.
+        self._shown: dict[tuple[str, int], None] = {}
 
     # --- listener callbacks -----------------------------------------------------------------------
 
@@ -200,10 +207,15 @@ class ProgressRecorder(StreamingQueryListener):
         # is the canonical form, the same as the listener's.
         json_text = getattr(progress, "json", None)
         record = record_of(json.loads(json_text) if isinstance(json_text, str) else progress)
+        key = (record.run_id, record.batch_id)
         with self._lock:
-            fresh = (record.run_id, record.batch_id) not in self._pending
-            self._pending[(record.run_id, record.batch_id)] = record
-        if show and fresh:
+            self._pending[key] = record
+            fresh = show and key not in self._shown
+            if fresh:
+                self._shown[key] = None
+                while len(self._shown) > _SHOWN_KEPT:
+                    del self._shown[next(iter(self._shown))]
+        if fresh:
             self._show(record.line())
 
     def add_all(self, progresses: Iterable[Mapping[str, Any]]) -> None:

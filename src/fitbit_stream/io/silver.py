@@ -7,13 +7,15 @@ table key, or an atomic scope replacement), so a micro-batch replayed after a cr
 
 The ``late`` rule needs the greatest accepted event time of the topic in *earlier* micro-batches.
 It is kept per (query, batch_id) in an ops table, so a replay of batch b reads exactly the
-threshold it read the first time (the max over batch ids below b), however often it runs.
+threshold it read the first time (the max over batch ids below b), however often it runs. Only
+batches that raise the maximum leave a row, and now and then the rows below the current batch are
+folded into one: the table holds a few rows per query, however long the query runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
@@ -21,7 +23,7 @@ from pyspark.sql.types import IntegerType, LongType, StringType, StructField, St
 
 from fitbit_stream.config import Config
 from fitbit_stream.io.cdc_merge import CdcMergeEngine
-from fitbit_stream.io.merge import insert_if_absent, replace_scopes
+from fitbit_stream.io.merge import insert_if_absent, replace_scopes, with_conflict_retry
 from fitbit_stream.io.tables import TableRef, Tables
 from fitbit_stream.schemas import WORKOUTS
 from fitbit_stream.transforms.bpm import HEART_RATE_KEY, to_heart_rate
@@ -29,9 +31,7 @@ from fitbit_stream.transforms.cdc import USER_PROFILE_CDC
 from fitbit_stream.transforms.gym import VISIT_KEY, gym_logs, latest_registrations
 from fitbit_stream.transforms.parse import PayloadKind, parse_payload
 from fitbit_stream.transforms.quality import (
-    INGESTION_ORDER,
     accepted,
-    batch_max_event_time,
     late_threshold,
     rejected,
     to_quarantine,
@@ -48,8 +48,6 @@ from fitbit_stream.transforms.workouts import (
 )
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from pyspark.sql import Column, DataFrame, SparkSession
 
 __all__ = [
@@ -63,6 +61,7 @@ __all__ = [
 ]
 
 QUARANTINE_KEY = ("topic", "partition", "offset")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: ops table: greatest accepted event time per (query, micro-batch).
 EVENT_TIME_STATE = StructType(
@@ -90,27 +89,113 @@ WORKOUT_EVENTS = StructType(
 )
 
 
+@dataclass(frozen=True)
+class _Known:
+    """What the state table says for one query, as seen by batch ``batch_id``."""
+
+    batch_id: int
+    #: greatest recorded maximum of the query's batches below ``batch_id`` (unix micros)
+    below: int | None
+    #: the same, ``batch_id``'s own row included (differs from ``below`` on a replay only)
+    through: int | None
+    #: ``batch_id`` has its row already: a replay after the row was committed
+    recorded: bool
+    #: the query's rows at or below ``batch_id``
+    rows: int
+
+
+def _from_micros(micros: int | None) -> datetime | None:
+    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+
+
 class LateState:
-    """The per-batch maxima behind the ``late`` rule (CONTRACT.md §3.6)."""
+    """The per-batch maxima behind the ``late`` rule (CONTRACT.md §3.6).
+
+    A batch writes its row only when its maximum is above every earlier batch's (otherwise the
+    maximum over "the batches below b + 1" is the one over "the batches below b", row or not),
+    by a blind append (no scan of the table). Once a query has :attr:`FOLD_AFTER` rows, the next
+    write replaces all its rows up to the batch by two: the maximum below the batch (under batch
+    id b - 1) and the batch's own, so a replay of the batch still reads the same threshold.
+
+    The object remembers what the last batch it recorded left behind, so the next batch of the same
+    query needs no read; a new object (a restarted query, a replay) reads the table once.
+    """
+
+    FOLD_AFTER = 16
 
     def __init__(self, tables: Tables, spark: SparkSession) -> None:
         self._tables = tables
         self.ref = tables.ensure(spark, "_event_time_state", schema=EVENT_TIME_STATE, layer="ops")
+        self._known: dict[str, _Known] = {}
 
     def previous_max(self, spark: SparkSession, query: str, batch_id: int) -> datetime | None:
+        """The greatest accepted event time of the query's batches below ``batch_id`` (UTC)."""
+        return _from_micros(self._state(spark, query, batch_id).below)
+
+    def _state(self, spark: SparkSession, query: str, batch_id: int) -> _Known:
+        known = self._known.get(query)
+        if known is not None and known.batch_id == batch_id:
+            return known
+        micros = F.unix_micros(F.col("max_event_time"))
+        ids = F.col("batch_id")
         row = (
             self._tables.read(spark, self.ref)
-            .filter((F.col("query") == query) & (F.col("batch_id") < batch_id))
-            .agg(F.max("max_event_time").alias("m"))
+            .filter((F.col("query") == query) & (ids <= batch_id))
+            .agg(
+                F.max(F.when(ids < batch_id, micros)).alias("below"),
+                F.max(micros).alias("through"),
+                F.count(F.when(ids == batch_id, F.lit(1))).alias("recorded"),
+                F.count(F.lit(1)).alias("rows"),
+            )
             .first()
         )
-        return None if row is None else row["m"]
+        if row is None:  # pragma: no cover - a global aggregate always has its row
+            known = _Known(batch_id, None, None, False, 0)
+        else:
+            known = _Known(batch_id, row["below"], row["through"], row["recorded"] > 0, row["rows"])
+        self._known[query] = known
+        return known
 
-    def record(self, spark: SparkSession, query: str, batch_id: int, maximum: DataFrame) -> None:
-        row = maximum.select(
-            F.lit(query).alias("query"), F.lit(batch_id).cast("long").alias("batch_id"), "max_event_time"
-        ).filter(F.col("max_event_time").isNotNull())
-        insert_if_absent(spark, self._tables, self.ref, row, keys=["query", "batch_id"])
+    def record(self, spark: SparkSession, query: str, batch_id: int, maximum: int | None) -> None:
+        """Record batch ``batch_id``'s greatest accepted event time (unix micros, None: none).
+
+        Idempotent: a replayed batch (its row already there) writes nothing.
+        """
+        known = self._state(spark, query, batch_id)
+        below, rows = known.below, known.rows
+        if known.recorded:
+            following = known.through
+        elif maximum is None or (below is not None and maximum <= below):
+            following = below
+        else:
+            following = maximum
+            state = [(query, batch_id, maximum)]
+            if below is not None and rows + 1 > self.FOLD_AFTER:
+                self._replace(spark, query, batch_id, [(query, batch_id - 1, below), *state])
+                rows = 2
+            else:
+                self._tables.append(self._rows(spark, state), self.ref)
+                rows += 1
+        self._known[query] = _Known(batch_id + 1, following, following, False, rows)
+
+    def _rows(self, spark: SparkSession, rows: list[tuple[str, int, int]]) -> DataFrame:
+        # Built from unix micros in Spark: no round trip through the Python process's time zone.
+        raw = spark.createDataFrame(rows, "query string, batch_id long, micros long")
+        return raw.select("query", "batch_id", F.timestamp_micros("micros").alias("max_event_time"))
+
+    def _replace(self, spark: SparkSession, query: str, batch_id: int, rows: list[tuple[str, int, int]]) -> None:
+        quoted = query.replace("'", "''")
+        where = f"query = '{quoted}' AND batch_id <= {int(batch_id)}"
+        ref = self.ref
+
+        def write() -> None:
+            writer = self._rows(spark, rows).write.format("delta").mode("overwrite").option("replaceWhere", where)
+            if ref.path:
+                writer.save(ref.path)
+            else:
+                writer.saveAsTable(str(ref.qualified_name))
+
+        with_conflict_retry(write, what=f"fold the late state of {query} in {ref}")
 
 
 @dataclass(frozen=True)
@@ -164,39 +249,88 @@ class TopicWriter:
             .persist()
         )
         try:
-            quarantined_at = F.current_timestamp()
-            bad = to_quarantine(rejected(checked), quarantined_at=quarantined_at)
-            insert_if_absent(spark, self.tables, self.quarantine, bad, keys=QUARANTINE_KEY)
-            good = accepted(checked)
-            if self.kind == "bpm":
-                rows = to_heart_rate(good, low=self.rules.hr_low, high=self.rules.hr_high)
-                insert_if_absent(spark, self.tables, self.heart_rate, rows, keys=HEART_RATE_KEY, prune_on="time")
-            elif self.kind == "workout":
-                self._workouts(spark, good, quarantined_at)
-            else:
-                self.cdc.apply(good, batch_id)
+            # One pass over the persisted batch (the first action: it also fills the cache) says
+            # which writes have anything to do. Never an action on ``batch`` itself: each would read
+            # the source again (and count its rows twice in the query's progress).
+            stats = _stats(checked)
+            if stats.rejected:
+                bad = to_quarantine(rejected(checked), quarantined_at=F.current_timestamp())
+                # to_quarantine leaves one row per quarantine key
+                insert_if_absent(spark, self.tables, self.quarantine, bad, keys=QUARANTINE_KEY, unique=True)
+            if stats.accepted:
+                good = accepted(checked)
+                if self.kind == "bpm":
+                    # to_heart_rate leaves one row per key, its times the accepted event times
+                    rows = to_heart_rate(good, low=self.rules.hr_low, high=self.rules.hr_high)
+                    insert_if_absent(
+                        spark,
+                        self.tables,
+                        self.heart_rate,
+                        rows,
+                        keys=HEART_RATE_KEY,
+                        prune_on="time",
+                        prune_bounds=stats.bounds,
+                        unique=True,
+                    )
+                elif self.kind == "workout":
+                    self._workouts(spark, good, F.current_timestamp())
+                else:
+                    self.cdc.apply(good, batch_id)
             # Last: a crash before this line replays the batch with the same threshold.
-            self.late.record(spark, self.query_name, batch_id, batch_max_event_time(checked))
+            self.late.record(spark, self.query_name, batch_id, stats.max_micros)
         finally:
             checked.unpersist()
 
     def _workouts(self, spark: SparkSession, good: DataFrame, quarantined_at: Column) -> None:
-        order = [F.col(c).asc_nulls_last() for c in INGESTION_ORDER]
+        # first_ingested_events leaves one row per event key (the first ingested of this batch)
         events = first_ingested_events(good).select(*WORKOUT_EVENTS.fieldNames())
-        insert_if_absent(spark, self.tables, self.events, events, keys=EVENT_KEY, order_by=order)
-        # events is already one row per key (the first ingested of this batch)
-        insert_if_absent(spark, self.tables, self.workouts, events.select(*WORKOUTS.fieldNames()), keys=EVENT_KEY)
+        insert_if_absent(spark, self.tables, self.events, events, keys=EVENT_KEY, unique=True)
+        insert_if_absent(
+            spark, self.tables, self.workouts, events.select(*WORKOUTS.fieldNames()), keys=EVENT_KEY, unique=True
+        )
         # Pair from the stored events (first ingested ever), not from this batch alone: the other
         # event of a session may have arrived in any earlier batch.
         touched = events.select(*SESSION_KEY).distinct()
         stored = self.tables.read(spark, self.events).join(touched, list(SESSION_KEY), "left_semi")
         classified = classify_sessions(stored, max_duration=self.rules.max_session).persist()
         try:
-            insert_if_absent(spark, self.tables, self.completed, completed_sessions(classified), keys=SESSION_KEY)
+            # Checked on the persisted sessions: a MERGE with nothing to insert still costs a commit.
+            completed = completed_sessions(classified)
+            if not completed.isEmpty():
+                insert_if_absent(spark, self.tables, self.completed, completed, keys=SESSION_KEY)
             invalid = invalid_sessions(classified, quarantined_at=quarantined_at)
-            insert_if_absent(spark, self.tables, self.quarantine, invalid, keys=QUARANTINE_KEY)
+            if not invalid.isEmpty():
+                insert_if_absent(spark, self.tables, self.quarantine, invalid, keys=QUARANTINE_KEY)
         finally:
             classified.unpersist()
+
+
+@dataclass(frozen=True)
+class _BatchStats:
+    rejected: int
+    accepted: int
+    #: greatest accepted event time (unix micros), None when nothing was accepted
+    max_micros: int | None
+    #: least and greatest accepted event time as Spark renders them, None when nothing was accepted
+    bounds: tuple[str, str] | None
+
+
+def _stats(checked: DataFrame) -> _BatchStats:
+    reason_null = F.col("reason").isNull()
+    # As batch_max_event_time: the accepted rows' event time, after the future flag.
+    ok_time = F.when(reason_null, F.col("event_time").cast("timestamp"))
+    row = checked.agg(
+        F.count(F.when(~reason_null, F.lit(1))).alias("rejected"),
+        F.count(F.when(reason_null, F.lit(1))).alias("accepted"),
+        F.max(F.unix_micros(ok_time)).alias("max_micros"),
+        # Rendered by Spark in the session time zone, as _range_prune's literal expects.
+        F.min(ok_time).cast("string").alias("lo"),
+        F.max(ok_time).cast("string").alias("hi"),
+    ).first()
+    if row is None:  # pragma: no cover - a global aggregate always has its row
+        return _BatchStats(0, 0, None, None)
+    bounds = None if row["lo"] is None else (str(row["lo"]), str(row["hi"]))
+    return _BatchStats(int(row["rejected"]), int(row["accepted"]), row["max_micros"], bounds)
 
 
 def _changed_keys(batch: DataFrame, keys: tuple[str, ...]) -> DataFrame:
