@@ -77,6 +77,7 @@ from pyspark.sql.types import StringType, StructField, StructType, TimestampType
 from fitbit_stream.config import Config
 from fitbit_stream.errors import PipelineError
 from fitbit_stream.io.merge import replace_scopes
+from fitbit_stream.platform import pid_alive
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -381,16 +382,6 @@ def _refused(root: str, path: Path) -> PipelineError:
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def _exclusive_file(root: str, path: Path) -> Iterator[None]:
     """Fallback where flock is unsupported: create the file exclusively; take over a dead local holder."""
@@ -402,7 +393,7 @@ def _exclusive_file(root: str, path: Path) -> Iterator[None]:
                 owner = json.loads(path.read_text(encoding="utf-8") or "{}")
             except (OSError, json.JSONDecodeError):
                 owner = {}
-            if owner.get("host") == socket.gethostname() and not _pid_alive(int(owner.get("pid", 0) or 0)):
+            if owner.get("host") == socket.gethostname() and not pid_alive(int(owner.get("pid", 0) or 0)):
                 log.warning("taking over the stale lock %s of dead pid %s", path, owner.get("pid"))
                 path.unlink(missing_ok=True)
                 continue

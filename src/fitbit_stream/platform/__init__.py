@@ -1,1 +1,18 @@
 """The local platform: a single-node Kafka broker (KRaft) and a PostgreSQL server for e2e tests."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["pid_alive"]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (owned by anyone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

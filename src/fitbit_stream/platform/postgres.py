@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fitbit_stream.errors import PlatformError
+from fitbit_stream.platform import pid_alive
 
 if TYPE_CHECKING:
     from fitbit_stream.config import Config
@@ -270,7 +271,7 @@ class PostgresServer:
         pid = int(first_line)
         # A stale postmaster.pid (crash, reboot) is the server's own business: it replaces the file
         # on the next start. Here it only must not count as running.
-        return pid if _alive(pid) and _is_postgres(pid) else None
+        return pid if pid_alive(pid) and _is_postgres(pid) else None
 
     def _bin(self) -> Path:
         if self._bin_dir is not None:
@@ -436,16 +437,6 @@ def _port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _is_postgres(pid: int) -> bool:
