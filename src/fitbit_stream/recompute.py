@@ -39,7 +39,7 @@ from pyspark.sql.types import DoubleType, FloatType
 from fitbit_stream.config import Config
 from fitbit_stream.errors import PipelineError
 from fitbit_stream.io.merge import with_conflict_retry
-from fitbit_stream.io.silver import QUARANTINE_KEY, TopicWriter
+from fitbit_stream.io.silver import QUARANTINE_KEY, SilverRules, TopicWriter
 from fitbit_stream.io.tables import TableRef, Tables
 from fitbit_stream.schemas import TABLES, USER_PROFILE, USER_PROFILE_HISTORY, WORKOUTS
 from fitbit_stream.transforms.bpm import to_heart_rate
@@ -108,26 +108,6 @@ _CATEGORIES = (_ONLY_STREAM, _ONLY_BATCH, _DIFFERING, _DUPLICATE)
 # --- the batch recomputation ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Rules:
-    skew: timedelta
-    horizon: timedelta
-    hr_low: float
-    hr_high: float
-    max_session: timedelta
-
-    @classmethod
-    def of(cls, config: Config) -> _Rules:
-        rules = config.rules
-        return cls(
-            skew=timedelta(minutes=rules.clock_skew_minutes),
-            horizon=timedelta(minutes=rules.lateness_horizon_minutes),
-            hr_low=rules.heartrate_min,
-            hr_high=rules.heartrate_max,
-            max_session=timedelta(hours=rules.max_session_hours),
-        )
-
-
 class _Batch:
     """The recomputation, one lazily built DataFrame per step (persisted when ``cache``)."""
 
@@ -135,7 +115,7 @@ class _Batch:
         self.spark = spark
         self.config = config
         self.tables = Tables(config)
-        self.rules = _Rules.of(config)
+        self.rules = SilverRules.of(config)
         self.as_of = as_of
         self._cache = cache
         self._frames: dict[str, DataFrame] = {}

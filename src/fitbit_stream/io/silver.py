@@ -56,6 +56,7 @@ __all__ = [
     "WORKOUT_EVENTS",
     "LateState",
     "RegistrationsWriter",
+    "SilverRules",
     "TopicWriter",
     "VisitsWriter",
 ]
@@ -199,29 +200,35 @@ class LateState:
 
 
 @dataclass(frozen=True)
-class _Rules:
+class SilverRules:
+    """The contract's knobs silver applies, from ``config.rules`` (shared with the batch recomputation)."""
+
     skew: timedelta
     horizon: timedelta
     hr_low: float
     hr_high: float
     max_session: timedelta
 
-
-class TopicWriter:
-    """``foreachBatch`` function of one topic's silver query."""
-
-    def __init__(self, spark: SparkSession, config: Config, kind: PayloadKind, query_name: str) -> None:
+    @classmethod
+    def of(cls, config: Config) -> SilverRules:
         rules = config.rules
-        self.kind = kind
-        self.query_name = query_name
-        self.tables = Tables(config)
-        self.rules = _Rules(
+        return cls(
             skew=timedelta(minutes=rules.clock_skew_minutes),
             horizon=timedelta(minutes=rules.lateness_horizon_minutes),
             hr_low=rules.heartrate_min,
             hr_high=rules.heartrate_max,
             max_session=timedelta(hours=rules.max_session_hours),
         )
+
+
+class TopicWriter:
+    """``foreachBatch`` function of one topic's silver query."""
+
+    def __init__(self, spark: SparkSession, config: Config, kind: PayloadKind, query_name: str) -> None:
+        self.kind = kind
+        self.query_name = query_name
+        self.tables = Tables(config)
+        self.rules = SilverRules.of(config)
         self.late = LateState(self.tables, spark)
         self.quarantine = self.tables.ensure(spark, "quarantine")
         if kind == "bpm":
