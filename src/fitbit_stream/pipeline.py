@@ -12,9 +12,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Literal, get_args
 
 from pyspark.errors import StreamingQueryException
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming.query import StreamingQuery
 
-__all__ = ["ALL_LAYERS", "Layer", "Pipeline", "RunReport", "StageReport", "select_layers"]
+__all__ = ["ALL_LAYERS", "Layer", "Pipeline", "RunReport", "StageReport", "select_layers", "waves"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,92 @@ def _await(query: StreamingQuery) -> None:
 
 
 _SILVER_KINDS: tuple[PayloadKind, ...] = ("user_info", "bpm", "workout")
+
+#: (query, tables it reads, tables it writes) of each silver query, in ``_silver_streams``'s order.
+_SILVER_IO: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    (
+        "silver_user_info",
+        ("kafka_multiplex_bz",),
+        ("quarantine", "user_profile", "user_profile_history", "_user_profile_changes"),
+    ),
+    ("silver_bpm", ("kafka_multiplex_bz",), ("quarantine", "heart_rate")),
+    ("silver_workout", ("kafka_multiplex_bz",), ("quarantine", "_workout_events", "workouts", "completed_workouts")),
+    ("silver_users", ("registered_users_bz",), ("users",)),
+    ("silver_gym_logs", ("gym_logins_bz",), ("gym_logs",)),
+)
+_TAIL = "user_bins+date_lookup+tombstones"
+#: what the batch tail reads (``refresh_date_lookup``'s inputs and ``user_bins``'s).
+_TAIL_READS = (
+    "kafka_multiplex_bz",
+    "registered_users_bz",
+    "gym_logins_bz",
+    "heart_rate",
+    "workouts",
+    "user_profile",
+    "user_profile_history",
+    "_user_profile_changes",
+)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One query (``start``) or batch step (``run``: returns rows and a message) of a drain."""
+
+    name: str
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    start: Callable[[], StreamingQuery] | None = None
+    run: Callable[[], tuple[int, str]] | None = None
+
+
+@dataclass
+class _Running:
+    """A started step: a streaming query, or a batch step running on a worker thread."""
+
+    step: _Step
+    started: float
+    query: StreamingQuery | None = None
+    future: Future[tuple[int, str]] | None = None
+
+    def done(self) -> bool:
+        if self.future is not None:
+            return self.future.done()
+        assert self.query is not None
+        return not self.query.isActive
+
+    def wait(self, seconds: float) -> None:
+        if self.future is not None:
+            wait([self.future], timeout=seconds)
+        elif self.query is not None:
+            # pyspark takes fractions of a second (it passes milliseconds on) but types it as int
+            self.query.awaitTermination(seconds)  # type: ignore[arg-type]
+
+
+def _writers_of_inputs(step: _Step, steps: Collection[_Step]) -> list[_Step]:
+    """The other steps that write a table ``step`` reads: it starts when they have all ended."""
+    return [s for s in steps if s is not step and set(s.writes) & set(step.reads)]
+
+
+def waves(steps: Collection[_Step]) -> list[list[str]]:
+    """The names of ``steps`` by the round of :meth:`Pipeline.run_once` they can start in.
+
+    Round 0 needs nothing; round n needs a step of round n - 1. A step may start earlier than its
+    round's peers (when its own inputs end first), never before its inputs' writers have ended.
+    """
+    rounds: dict[str, int] = {}
+    remaining = list(steps)
+    while remaining:
+        level = [s for s in remaining if all(w.name in rounds for w in _writers_of_inputs(s, steps))]
+        if not level:
+            raise PipelineError(f"cannot order {[s.name for s in remaining]}: they read each other's tables")
+        for s in level:
+            rounds[s.name] = 1 + max((rounds[w.name] for w in _writers_of_inputs(s, steps)), default=-1)
+        remaining = [s for s in remaining if s not in level]
+    out: list[list[str]] = [[] for _ in range(max(rounds.values(), default=-1) + 1)]
+    for s in steps:
+        out[rounds[s.name]].append(s.name)
+    return out
+
 
 Layer = Literal["bronze", "silver", "gold"]
 ALL_LAYERS: tuple[Layer, ...] = get_args(Layer)
@@ -243,9 +331,13 @@ class Pipeline:
 
         return [*starters, users, visits]
 
+    @staticmethod
+    def _derived_specs(layer: Layer) -> list[DerivedSpec]:
+        return [spec for spec in DERIVED if TABLES[spec.name].layer == layer]
+
     def _derived_streams(self, trigger: Trigger, layer: Layer) -> list[Callable[[], StreamingQuery]]:
         starters: list[Callable[[], StreamingQuery]] = []
-        for spec in (spec for spec in DERIVED if TABLES[spec.name].layer == layer):
+        for spec in self._derived_specs(layer):
 
             def start(spec: DerivedSpec = spec) -> StreamingQuery:
                 source = change_stream(self.spark, self.tables, spec.inputs)
@@ -356,6 +448,54 @@ class Pipeline:
 
     # --- runs ----------------------------------------------------------------------------------
 
+    def _steps(self, selected: tuple[Layer, ...], trigger: Trigger, as_of: date | None) -> list[_Step]:
+        """Every query (and batch step) of the selected layers, with the tables each reads and writes."""
+        steps: list[_Step] = []
+        if "bronze" in selected:
+            multiplex = ("kafka_multiplex_bz", "quarantine")
+            if self.config.kafka.enabled:
+                kafka = partial(start_kafka_bronze, self.spark, self.config, trigger=trigger)
+                steps.append(_Step(KAFKA_BRONZE_QUERY, (), multiplex, start=kafka))
+            if self.config.landing.enabled:
+                landing = partial(start_landing_bronze, self.spark, self.config, trigger=trigger)
+                # after the Kafka query: on a new checkpoint it reads bronze to skip what bronze holds
+                steps.append(_Step(LANDING_BRONZE_QUERY, ("kafka_multiplex_bz",), multiplex, start=landing))
+            if self.config.sql.enabled:
+                steps.append(
+                    _Step("bronze_sql", (), ("registered_users_bz", "gym_logins_bz"), run=self._ingest_sql_step)
+                )
+        if "silver" in selected:
+            for (name, reads, writes), start in zip(_SILVER_IO, self._silver_streams(trigger), strict=True):
+                steps.append(_Step(name, reads, writes, start=start))
+            steps += [
+                _Step(f"derived_{spec.name}", spec.inputs, (spec.name,), start=start)
+                for spec, start in zip(
+                    self._derived_specs("silver"), self._derived_streams(trigger, "silver"), strict=True
+                )
+            ]
+            day = as_of or datetime.now(UTC).date()
+            steps.append(_Step(_TAIL, _TAIL_READS, ("user_bins", "date_lookup"), run=partial(self._tail, day)))
+        if "gold" in selected:
+            steps += [
+                _Step(f"derived_{spec.name}", spec.inputs, (spec.name,), start=start)
+                for spec, start in zip(self._derived_specs("gold"), self._derived_streams(trigger, "gold"), strict=True)
+            ]
+        return steps
+
+    def _ingest_sql_step(self) -> tuple[int, str]:
+        result = self._ingest_sql()
+        return (
+            result.registered_users_added + result.gym_logins_added,
+            f"bronze_sql: {result.registered_users_added} registered_users, "
+            f"{result.gym_logins_added} gym_logins row versions",
+        )
+
+    def _tail(self, as_of: date) -> tuple[int, str]:
+        self.refresh_user_bins(as_of)
+        self.refresh_date_lookup()
+        self.purge_tombstones()
+        return 0, f"{_TAIL}: done"
+
     def run_once(
         self,
         *,
@@ -363,53 +503,85 @@ class Pipeline:
         layers: str | Collection[str] = ALL_LAYERS,
         progress: Callable[[str], None] = log.info,
     ) -> RunReport:
-        """Drain all available input through the selected layers (default all), in dependency order."""
+        """Drain all available input through the selected layers (default all).
+
+        A query starts as soon as every query (or batch step) of this run that writes a table it
+        reads has ended, so independent queries run side by side: the five silver queries together,
+        then ``workout_bpm`` with the batch tail and the gold queries that do not need it, then the
+        rest. Queries that write the same table (the quarantine) retry Delta's concurrent-commit
+        conflicts; every write is idempotent. When a query fails, nothing new starts, the running
+        ones finish, and the first failure is raised.
+        """
         selected = select_layers(layers)
         report = RunReport()
         once: Trigger = {"availableNow": True}
-        with self.exclusive(), self._recording(progress) as recorder:
+        with self.exclusive(), self._recording(progress) as recorder, ThreadPoolExecutor(2) as batch_steps:
             self.check_checkpoints(selected)
+            steps = self._steps(selected, once, as_of)
+            log.info("drain plan: %s", " -> ".join("+".join(names) for names in waves(steps)))
+            pending = list(steps)
+            running: list[_Running] = []
+            ended: set[str] = set()
+            failure: BaseException | None = None
 
-            def drain(query: StreamingQuery, started: float) -> None:
+            def ready(step: _Step) -> bool:
+                return all(s.name in ended for s in _writers_of_inputs(step, steps))
+
+            def finish(run: _Running) -> None:
+                nonlocal failure
+                ended.add(run.step.name)
+                seconds = time.monotonic() - run.started
+                if run.future is not None:
+                    try:
+                        rows, message = run.future.result()
+                    except Exception as exc:
+                        failure = failure or exc
+                        return
+                    report.add(run.step.name, rows, seconds)
+                    progress(message)
+                    return
+                query = run.query
+                assert query is not None
                 try:
                     _await(query)
+                except PipelineError as exc:
+                    failure = failure or exc
                 finally:
-                    # recentProgress is complete once the query has ended; the listener's copy of
-                    # the last batch may still be on its way. Written once, when the run ends (one
-                    # MERGE instead of one per query).
+                    # recentProgress is complete once the query has ended; written once, when the
+                    # run ends (one MERGE instead of one per query).
                     recorder.add_all(query.recentProgress)
                 rows = _input_rows(query)
-                report.add(query.name or "query", rows, time.monotonic() - started)
-                progress(f"{query.name}: {rows} rows in {time.monotonic() - started:.1f}s")
+                report.add(query.name or run.step.name, rows, seconds)
+                progress(f"{query.name}: {rows} rows in {seconds:.1f}s")
 
-            if "bronze" in selected:
-                for query in self._bronze_streams(once):
-                    drain(query, time.monotonic())
-                if self.config.sql.enabled:
-                    started = time.monotonic()
-                    result = self._ingest_sql()
-                    report.add(
-                        "bronze_sql",
-                        result.registered_users_added + result.gym_logins_added,
-                        time.monotonic() - started,
-                    )
-                    progress(
-                        f"bronze_sql: {result.registered_users_added} registered_users, "
-                        f"{result.gym_logins_added} gym_logins row versions"
-                    )
-            # One query at a time: they share the quarantine and state tables, and sequential drains
-            # avoid optimistic-concurrency retries (continuous mode runs them together, with retries).
-            if "silver" in selected:
-                for start in (*self._silver_streams(once), *self._derived_streams(once, "silver")):
-                    drain(start(), time.monotonic())
-                started = time.monotonic()
-                self.refresh_user_bins(as_of or datetime.now(UTC).date())
-                self.refresh_date_lookup()
-                self.purge_tombstones()
-                report.add("user_bins+date_lookup+tombstones", 0, time.monotonic() - started)
-            if "gold" in selected:
-                for start in self._derived_streams(once, "gold"):
-                    drain(start(), time.monotonic())
+            while pending or running:
+                if failure is None:
+                    for step in [s for s in pending if ready(s)]:
+                        pending.remove(step)
+                        started = time.monotonic()
+                        if step.run is not None:
+                            running.append(_Running(step, started, future=batch_steps.submit(step.run)))
+                            continue
+                        assert step.start is not None
+                        try:
+                            running.append(_Running(step, started, query=step.start()))
+                        except Exception as exc:  # what already runs still ends cleanly
+                            failure = exc
+                            break
+                else:
+                    pending.clear()
+                if not running:
+                    if pending:  # pragma: no cover - every table a step reads is written before it
+                        raise PipelineError(f"cannot order {[s.name for s in pending]}")
+                    continue
+                done = [run for run in running if run.done()]
+                if not done:
+                    running[0].wait(0.2)
+                for run in done:
+                    running.remove(run)
+                    finish(run)
+            if failure is not None:
+                raise failure
         return report
 
     def run_continuously(

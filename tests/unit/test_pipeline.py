@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from fitbit_stream.config import Config, load_config
 from fitbit_stream.errors import PipelineError
 from fitbit_stream.io.tables import Tables
-from fitbit_stream.pipeline import Pipeline
+from fitbit_stream.pipeline import ALL_LAYERS, Pipeline, waves
 from fitbit_stream.schemas import KAFKA_MULTIPLEX_BZ
 from fitbit_stream.transforms.dates import week_part
 
@@ -384,3 +384,22 @@ def test_a_failed_query_surfaces_as_a_pipeline_error(spark: SparkSession, tmp_pa
         assert "JVM stacktrace" not in str(info.value)
     finally:
         query.stop()
+
+
+def test_a_drain_runs_independent_queries_side_by_side_and_never_before_their_inputs(
+    spark: SparkSession, world: Config
+) -> None:
+    config = world.model_copy(update={"kafka": world.kafka.model_copy(update={"enabled": True})})
+    pipeline = Pipeline(spark, config)
+    once = {"availableNow": True}
+    assert waves(pipeline._steps(ALL_LAYERS, once, None)) == [
+        ["bronze_kafka_multiplex", "bronze_sql"],
+        ["bronze_landing_multiplex", "silver_users", "silver_gym_logs"],
+        ["silver_user_info", "silver_bpm", "silver_workout", "derived_gym_occupancy"],
+        ["derived_workout_bpm", "user_bins+date_lookup+tombstones", "derived_gym_summary"],
+        ["derived_workout_bpm_summary"],
+    ]
+    # a layer alone waits for nothing outside it
+    assert waves(pipeline._steps(("gold",), once, None)) == [
+        ["derived_workout_bpm_summary", "derived_gym_summary", "derived_gym_occupancy"]
+    ]
