@@ -374,8 +374,8 @@ class Pipeline:
         """Every day of every year that a record timestamp or an accepted event time falls in.
 
         The years of each input table are kept in memory with the Delta version they were read at:
-        a table that did not change is not read again, and ``date_lookup`` is written only when a
-        year it lacks turns up.
+        a table that did not change is not read again, one that did is read only from its change
+        feed since that version, and ``date_lookup`` is written only when a year it lacks turns up.
         """
         spark = self.spark
         ref = self.tables.ref
@@ -399,15 +399,30 @@ class Pipeline:
             row = self.tables.delta(spark, table).history(1).select("version").first()
             return None if row is None else int(row[0])
 
-        def years(table: TableRef, columns: tuple[str, ...]) -> frozenset[int]:
-            return frozenset(int(r["year"]) for r in years_of(self.tables.read(spark, table), *columns).collect())
+        def years(table: TableRef, columns: tuple[str, ...], rows: DataFrame | None = None) -> frozenset[int]:
+            rows = self.tables.read(spark, table) if rows is None else rows
+            return frozenset(int(r["year"]) for r in years_of(rows, *columns).collect())
+
+        def years_since(table: TableRef, columns: tuple[str, ...], seen: int, at: int) -> frozenset[int] | None:
+            """Years of the rows written after version ``seen`` (its change feed), None when unreadable."""
+            try:
+                return years(table, columns, self.tables.read_changes(spark, table, after=seen, through=at))
+            except Exception as exc:  # feed off or its files vacuumed: read the table instead
+                log.info("date_lookup: change feed of %s unreadable (%s); reading the table", table, type(exc).__name__)
+                return None
 
         wanted: set[int] = set()
         for table, columns in inputs:
             at = version(table)
             known = memo.get(str(table))
-            if known is None or known[0] is None or known[0] != at:
-                known = (at, years(table, columns))
+            if known is None or known[0] is None or at is None or known[0] != at:
+                found = None
+                if known is not None and known[0] is not None and at is not None and known[0] < at:
+                    # Only the rows written since: a growing table is not scanned again (a year seen
+                    # stays wanted, as date_lookup never loses a year).
+                    added = years_since(table, columns, known[0], at)
+                    found = None if added is None else known[1] | added
+                known = (at, years(table, columns) if found is None else found)
                 memo[str(table)] = known
             wanted |= known[1]
         target = ref("date_lookup")

@@ -403,3 +403,34 @@ def test_a_drain_runs_independent_queries_side_by_side_and_never_before_their_in
     assert waves(pipeline._steps(("gold",), once, None)) == [
         ["derived_workout_bpm_summary", "derived_gym_summary", "derived_gym_occupancy"]
     ]
+
+
+def test_date_lookup_reads_only_the_rows_written_since_it_last_looked(
+    spark: SparkSession, world: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bronze = Bronze(spark, world)
+    pipeline = Pipeline(spark, world)
+    bronze.add([bpm(101, at(10, 20), 100.0)])
+    pipeline.run_once(as_of=date(2025, 6, 1))
+
+    def years() -> list[int]:
+        return sorted(r["year"] for r in table(spark, world, "date_lookup").select("year").distinct().collect())
+
+    assert years() == [2025]
+    new_year = datetime(2026, 1, 2, 3, 4)
+    bronze.add([bpm(101, new_year, 90.0)])
+    read, changes = [], []
+    tables = pipeline.tables
+    real_read, real_changes = tables.read, tables.read_changes
+    monkeypatch.setattr(tables, "read", lambda s, ref: read.append(ref.name) or real_read(s, ref))
+    monkeypatch.setattr(
+        tables, "read_changes", lambda s, ref, **v: changes.append((ref.name, v)) or real_changes(s, ref, **v)
+    )
+    pipeline.refresh_date_lookup()
+    # bronze changed (one append): only its change feed is read, every other input is unchanged
+    assert [name for name, _ in changes] == ["kafka_multiplex_bz"]
+    assert changes[0][1]["through"] == changes[0][1]["after"] + 1
+    assert "kafka_multiplex_bz" not in read
+    assert "heart_rate" not in read
+    assert years() == [2025, 2026]
+    assert table(spark, world, "date_lookup").filter(F.col("date") == new_year.date()).count() == 1

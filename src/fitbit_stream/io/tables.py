@@ -96,6 +96,16 @@ class Tables:
     def read(self, spark: SparkSession, ref: TableRef) -> DataFrame:
         return read_table(spark, ref)
 
+    def read_changes(self, spark: SparkSession, ref: TableRef, *, after: int, through: int) -> DataFrame:
+        """The change feed rows of versions ``after + 1`` to ``through`` (both Delta versions)."""
+        reader = (
+            spark.read.format("delta")
+            .option("readChangeFeed", "true")
+            .option("startingVersion", str(after + 1))
+            .option("endingVersion", str(through))
+        )
+        return reader.load(ref.path) if ref.path else reader.table(str(ref.qualified_name))
+
     def read_stream(self, spark: SparkSession, ref: TableRef, **options: str) -> DataFrame:
         reader: DataStreamReader = spark.readStream.format("delta").options(**options)
         return reader.load(ref.path) if ref.path else reader.table(str(ref.qualified_name))
