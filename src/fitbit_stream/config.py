@@ -333,6 +333,10 @@ class RulesConfig(_Model):
 
 class StreamingConfig(_Model):
     trigger_interval_seconds: float = Field(default=10.0, gt=0)
+    # The derived queries' trigger (workout_bpm and the gold tables) when it should differ from the
+    # bronze and silver queries': a longer one leaves the cores to the silver path (event -> silver
+    # latency) at the cost of gold freshness. Unset: the same trigger for every query.
+    derived_trigger_interval_seconds: float | None = Field(default=None, gt=0)
     # Fixed for the life of a checkpoint: changing it breaks existing stateful checkpoints.
     shuffle_partitions: int = Field(default=4, ge=1)
     state_store: Literal["hdfs", "rocksdb"] = "rocksdb"

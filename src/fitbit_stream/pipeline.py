@@ -155,6 +155,28 @@ class _Running:
             self.query.awaitTermination(seconds)  # type: ignore[arg-type]
 
 
+@contextmanager
+def _scheduler_pool(spark: SparkSession, name: str) -> Iterator[None]:
+    """Jobs of a query started inside run in its own scheduler pool.
+
+    Under ``spark.scheduler.mode=FAIR`` (the local session's, and Databricks' default) the pools
+    share the cores evenly, so a long derived MERGE does not hold up a silver batch queued behind
+    it. A stream thread inherits the pool from the thread that starts it. Without a SparkContext
+    (Spark Connect) the queries share the default pool.
+    """
+    try:
+        context = spark.sparkContext
+    except Exception:  # Spark Connect has no SparkContext
+        yield
+        return
+    before = context.getLocalProperty("spark.scheduler.pool")
+    context.setLocalProperty("spark.scheduler.pool", name)
+    try:
+        yield
+    finally:
+        context.setLocalProperty("spark.scheduler.pool", before)  # type: ignore[arg-type]
+
+
 def _writers_of_inputs(step: _Step, steps: Collection[_Step]) -> list[_Step]:
     """The other steps that write a table ``step`` reads: it starts when they have all ended."""
     return [s for s in steps if s is not step and set(s.writes) & set(step.reads)]
@@ -285,9 +307,11 @@ class Pipeline:
     def _bronze_streams(self, trigger: Trigger) -> list[StreamingQuery]:
         queries = []
         if self.config.kafka.enabled:
-            queries.append(start_kafka_bronze(self.spark, self.config, trigger=trigger))
+            with _scheduler_pool(self.spark, KAFKA_BRONZE_QUERY):
+                queries.append(start_kafka_bronze(self.spark, self.config, trigger=trigger))
         if self.config.landing.enabled:
-            queries.append(start_landing_bronze(self.spark, self.config, trigger=trigger))
+            with _scheduler_pool(self.spark, LANDING_BRONZE_QUERY):
+                queries.append(start_landing_bronze(self.spark, self.config, trigger=trigger))
         return queries
 
     def _ingest_sql(self) -> SqlIngestResult:
@@ -303,7 +327,8 @@ class Pipeline:
         )
         # pyspark's trigger() overloads take one keyword each; the dict holds exactly one.
         writer = writer.trigger(**trigger)  # type: ignore[call-overload]
-        query: StreamingQuery = writer.start()
+        with _scheduler_pool(self.spark, name):
+            query: StreamingQuery = writer.start()
         return query
 
     def _silver_streams(self, trigger: Trigger) -> list[Callable[[], StreamingQuery]]:
@@ -579,7 +604,8 @@ class Pipeline:
                             continue
                         assert step.start is not None
                         try:
-                            running.append(_Running(step, started, query=step.start()))
+                            with _scheduler_pool(self.spark, step.name):
+                                running.append(_Running(step, started, query=step.start()))
                         except Exception as exc:  # what already runs still ends cleanly
                             failure = exc
                             break
@@ -609,7 +635,10 @@ class Pipeline:
     ) -> None:
         """Run every query of the selected layers until ``stop`` is set; then stop them cleanly."""
         selected = select_layers(layers)
-        trigger: Trigger = {"processingTime": f"{self.config.streaming.trigger_interval_seconds} seconds"}
+        streaming = self.config.streaming
+        trigger: Trigger = {"processingTime": f"{streaming.trigger_interval_seconds} seconds"}
+        derived_seconds = streaming.derived_trigger_interval_seconds or streaming.trigger_interval_seconds
+        derived: Trigger = {"processingTime": f"{derived_seconds} seconds"}
         with self.exclusive(), self._recording(progress) as recorder:
             self.check_checkpoints(selected)
             queries: list[StreamingQuery] = []
@@ -618,10 +647,10 @@ class Pipeline:
                     queries += self._bronze_streams(trigger)
                 if "silver" in selected:
                     queries += [
-                        s() for s in (*self._silver_streams(trigger), *self._derived_streams(trigger, "silver"))
+                        s() for s in (*self._silver_streams(trigger), *self._derived_streams(derived, "silver"))
                     ]
                 if "gold" in selected:
-                    queries += [start() for start in self._derived_streams(trigger, "gold")]
+                    queries += [start() for start in self._derived_streams(derived, "gold")]
                 while not stop.is_set():
                     if "bronze" in selected and self.config.sql.enabled:
                         self._ingest_sql()

@@ -92,6 +92,8 @@ def _local_conf(config: Config) -> dict[str, str]:
         **session_conf(config),
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
+        # Queries share the cores evenly (each runs in its own pool, see pipeline._scheduler_pool).
+        "spark.scheduler.mode": "FAIR",
         # Delta replays its log with 50 tasks by default: far too many for one machine's tables.
         "spark.databricks.delta.snapshotPartitions": "2",
         "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",

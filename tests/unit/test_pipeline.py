@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -434,3 +436,69 @@ def test_date_lookup_reads_only_the_rows_written_since_it_last_looked(
     assert "heart_rate" not in read
     assert years() == [2025, 2026]
     assert table(spark, world, "date_lookup").filter(F.col("date") == new_year.date()).count() == 1
+
+
+def test_run_continuously_reaches_gold_with_its_own_derived_trigger_and_stops_cleanly(
+    spark: SparkSession, world: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = world.model_copy(
+        update={
+            "streaming": world.streaming.model_copy(
+                update={"trigger_interval_seconds": 1.0, "derived_trigger_interval_seconds": 3.0}
+            ),
+            "sql": world.sql.model_copy(update={"poll_interval_seconds": 1.0}),
+        }
+    )
+    Bronze(spark, config).add(
+        [
+            (
+                "workout",
+                "1",
+                {"user_id": 1, "workout_id": 5, "session_id": 1, "timestamp": epoch(at(10, 10)), "action": "start"},
+                at(10, 10),
+            ),
+            (
+                "workout",
+                "1",
+                {"user_id": 1, "workout_id": 5, "session_id": 1, "timestamp": epoch(at(10, 40)), "action": "stop"},
+                at(10, 40),
+            ),
+            bpm(101, at(10, 20), 100.0),
+            bpm(101, at(10, 20), 100.0),  # duplicate
+        ]
+    )
+    pipeline = Pipeline(spark, config)
+    triggers: dict[str, object] = {}
+    started = pipeline._foreach_batch
+
+    def record(name: str, source: DataFrame, writer: object, trigger: dict[str, object]) -> object:
+        triggers[name] = trigger
+        return started(name, source, writer, trigger)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "_foreach_batch", record)
+    stop, failures = threading.Event(), []
+
+    def run() -> None:
+        try:
+            pipeline.run_continuously(stop, as_of=date(2025, 6, 1))
+        except Exception as exc:  # surfaced by the assertion below
+            failures.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        summary = table(spark, config, "workout_bpm_summary")
+        deadline = time.monotonic() + 600
+        while not failures and time.monotonic() < deadline and summary.count() == 0:
+            stop.wait(1.0)  # polls the condition; not a fixed sleep
+    finally:
+        stop.set()
+        runner.join(timeout=300)
+    assert failures == []
+    assert not runner.is_alive()
+    assert spark.streams.active == []
+    rows = table(spark, config, "workout_bpm_summary").select("min_bpm", "max_bpm", "num_recordings").collect()
+    assert [tuple(r) for r in rows] == [(100.0, 100.0, 1)]
+    assert triggers["silver_bpm"] == {"processingTime": "1.0 seconds"}
+    assert triggers["derived_workout_bpm"] == {"processingTime": "3.0 seconds"}
+    assert triggers["derived_gym_occupancy"] == {"processingTime": "3.0 seconds"}
