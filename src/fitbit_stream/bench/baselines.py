@@ -28,6 +28,7 @@ from fitbit_stream.bench.report import (
     BASELINE_COPY,
     BASELINE_HANDWRITTEN,
     BASELINE_NOOP,
+    STAGE_ALONE,
     QueryFigures,
     figures_from_progress,
 )
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
     from fitbit_stream.config import Config
 
-__all__ = ["handwritten_heart_rate", "kafka_to_delta_copy", "kafka_to_noop"]
+__all__ = ["handwritten_heart_rate", "kafka_to_delta_copy", "kafka_to_noop", "library_heart_rate"]
 
 #: The notebook's payload schema: epoch seconds read as a double.
 _BPM_JSON = StructType(
@@ -135,6 +136,29 @@ def handwritten_heart_rate(
         source.writeStream.queryName(BASELINE_HANDWRITTEN)
         .foreachBatch(write)
         .option("checkpointLocation", checkpoint)
+        .trigger(availableNow=True)
+        .start()
+    )
+    return _drain(query, started)
+
+
+def library_heart_rate(
+    spark: SparkSession, config: Config, *, bronze_path: str, root: str, checkpoint: str
+) -> QueryFigures:
+    """The library's ``silver_bpm`` query alone, as :func:`handwritten_heart_rate` runs: the same
+    bronze table, trigger and session, its tables (heart_rate, quarantine, late state) under ``root``."""
+    from fitbit_stream.io.silver import TopicWriter
+
+    scratch = config.model_copy(
+        update={"storage": config.storage.model_copy(update={"root": root, "checkpoint_root": checkpoint})}
+    )
+    writer = TopicWriter(spark, scratch, "bpm", STAGE_ALONE)
+    started = time.monotonic()
+    source = spark.readStream.format("delta").load(bronze_path).where(F.col("topic") == config.kafka.topics.bpm)
+    query = (
+        source.writeStream.queryName(STAGE_ALONE)
+        .foreachBatch(writer)
+        .option("checkpointLocation", f"{checkpoint}/{STAGE_ALONE}")
         .trigger(availableNow=True)
         .start()
     )

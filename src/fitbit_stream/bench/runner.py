@@ -39,6 +39,7 @@ from fitbit_stream.bench.report import (
     BASELINE_COPY,
     BASELINE_HANDWRITTEN,
     BASELINE_NOOP,
+    STAGE_ALONE,
     BenchResult,
     QueryFigures,
     SteadyFigures,
@@ -247,7 +248,12 @@ def _drain(
     show: Callable[[str], None],
 ) -> None:
     from fitbit_stream.bench.backlog import backlog_knobs, preload
-    from fitbit_stream.bench.baselines import handwritten_heart_rate, kafka_to_delta_copy, kafka_to_noop
+    from fitbit_stream.bench.baselines import (
+        handwritten_heart_rate,
+        kafka_to_delta_copy,
+        kafka_to_noop,
+        library_heart_rate,
+    )
     from fitbit_stream.bench.sparkui import job_profile, sql_profile
     from fitbit_stream.generator.emit import Progress
     from fitbit_stream.io.tables import Tables
@@ -310,6 +316,14 @@ def _drain(
             bronze_path=str(tables.ref("kafka_multiplex_bz").path),
             path=str(base / "heart_rate"),
             checkpoint=str(base / "checkpoints" / "heart_rate"),
+        )
+        show("[bench] the library's silver_bpm alone, the same way")
+        result.baselines[STAGE_ALONE] = library_heart_rate(
+            spark,
+            config,
+            bronze_path=str(tables.ref("kafka_multiplex_bz").path),
+            root=str(base / "alone"),
+            checkpoint=str(base / "checkpoints" / "alone"),
         )
 
     ui_stages = ui.stages() if ui else []
