@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DATABRICKS_ROCKSDB_PROVIDER",
     "HDFS_STATE_STORE_PROVIDER",
-    "JIT_HUGE_METHODS",
     "OSS_ROCKSDB_PROVIDER",
     "configure_session",
     "get_spark",
@@ -44,8 +43,6 @@ _JARS_ENV = "FITBIT_STREAM_JARS_DIR"
 OSS_ROCKSDB_PROVIDER = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
 DATABRICKS_ROCKSDB_PROVIDER = "com.databricks.sql.streaming.state.RocksDBStateStoreProvider"
 HDFS_STATE_STORE_PROVIDER = "org.apache.spark.sql.execution.streaming.state.HDFSBackedStateStoreProvider"
-#: JVM option: JIT-compile generated methods of any size (set on a Databricks cluster's Spark config too).
-JIT_HUGE_METHODS = "-XX:-DontCompileHugeMethods"
 
 
 def on_databricks() -> bool:
@@ -99,10 +96,8 @@ def _local_conf(config: Config) -> dict[str, str]:
         "spark.scheduler.mode": "FAIR",
         # Delta replays its log with 50 tasks by default: far too many for one machine's tables.
         "spark.databricks.delta.snapshotPartitions": "2",
-        # HotSpot leaves methods over 8,000 bytes of bytecode interpreted; Spark's generated code for
-        # a wide parse or a MERGE plan is often larger, and interpreted it ran ~2x slower.
-        "spark.driver.extraJavaOptions": f"-Duser.timezone=UTC {JIT_HUGE_METHODS}",
-        "spark.executor.extraJavaOptions": f"-Duser.timezone=UTC {JIT_HUGE_METHODS}",
+        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
     }
     conf.update(config.spark_conf)
     return conf
