@@ -87,6 +87,17 @@ def bpm(device: int, ts: datetime, hr: float | None) -> tuple[str, str, object, 
     return ("bpm", str(device), {"device_id": device, "time": epoch(ts), "heartrate": hr}, ts)
 
 
+def session_with_a_reading() -> list[tuple[str, str, object, datetime]]:
+    """User 1's session 10:10-10:40 and device 101's reading at 10:20, sent twice."""
+
+    def event(action: str, ts: datetime) -> tuple[str, str, object, datetime]:
+        payload = {"user_id": 1, "workout_id": 5, "session_id": 1, "timestamp": epoch(ts), "action": action}
+        return ("workout", "1", payload, ts)
+
+    reading = bpm(101, at(10, 20), 100.0)
+    return [event("start", at(10, 10)), event("stop", at(10, 40)), reading, reading]
+
+
 def table(spark: SparkSession, config: Config, name: str) -> DataFrame:
     tables = Tables(config)
     return tables.read(spark, tables.ref(name))
@@ -276,25 +287,7 @@ def test_pipeline_end_to_end_on_literal_rows(spark: SparkSession, world: Config)
 def test_layers_run_in_order_and_progress_is_persisted(spark: SparkSession, world: Config) -> None:
     bronze = Bronze(spark, world)
     pipeline = Pipeline(spark, world)
-    bronze.add(
-        [
-            (
-                "workout",
-                "1",
-                {"user_id": 1, "workout_id": 5, "session_id": 1, "timestamp": epoch(at(10, 10)), "action": "start"},
-                at(10, 10),
-            ),
-            (
-                "workout",
-                "1",
-                {"user_id": 1, "workout_id": 5, "session_id": 1, "timestamp": epoch(at(10, 40)), "action": "stop"},
-                at(10, 40),
-            ),
-            bpm(101, at(10, 20), 100.0),
-            bpm(101, at(10, 20), 100.0),  # duplicate
-            bpm(101, at(10, 30), None),
-        ]
-    )
+    bronze.add([*session_with_a_reading(), bpm(101, at(10, 30), None)])
     shown: list[str] = []
     pipeline.run_once(as_of=date(2025, 6, 1), layers="bronze", progress=shown.append)
     assert table(spark, world, "registered_users_bz").count() == 1
@@ -449,24 +442,7 @@ def test_run_continuously_reaches_gold_with_its_own_derived_trigger_and_stops_cl
             "sql": world.sql.model_copy(update={"poll_interval_seconds": 1.0}),
         }
     )
-    Bronze(spark, config).add(
-        [
-            (
-                "workout",
-                "1",
-                {"user_id": 1, "workout_id": 5, "session_id": 1, "timestamp": epoch(at(10, 10)), "action": "start"},
-                at(10, 10),
-            ),
-            (
-                "workout",
-                "1",
-                {"user_id": 1, "workout_id": 5, "session_id": 1, "timestamp": epoch(at(10, 40)), "action": "stop"},
-                at(10, 40),
-            ),
-            bpm(101, at(10, 20), 100.0),
-            bpm(101, at(10, 20), 100.0),  # duplicate
-        ]
-    )
+    Bronze(spark, config).add(session_with_a_reading())
     pipeline = Pipeline(spark, config)
     triggers: dict[str, object] = {}
     started = pipeline._foreach_batch
