@@ -179,9 +179,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     t = time.monotonic()
     truth = Path(config.platform_dir) / "truth"
-    request = GenerateRequest(knobs=_knobs(args, config), late_wave=False, truth_dir=truth)
-    _, result = generate(config, request, progress=_print_progress)
-    print(f"[demo] generated {result.kafka_messages} Kafka records, {result.sql_statements} SQL rows; truth in {truth}")
+    generated = truth / ".demo-generated"
+    if generated.exists():
+        # The same seeded day again would collide with the SQL source's keys: a re-run only drains
+        # what is there (nothing new, so nothing changes). `make clean` starts over.
+        done = generated.read_text().strip()
+        print(f"[demo] data already generated ({done}); remove data/ (make clean) to start over")
+    else:
+        request = GenerateRequest(knobs=_knobs(args, config), late_wave=False, truth_dir=truth)
+        _, result = generate(config, request, progress=_print_progress)
+        summary = f"{result.kafka_messages} Kafka records, {result.sql_statements} SQL rows"
+        print(f"[demo] generated {summary}; truth in {truth}")
+        generated.write_text(summary + "\n")
     stage("generate", t)
 
     t = time.monotonic()
