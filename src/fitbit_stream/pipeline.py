@@ -282,7 +282,7 @@ class Pipeline:
             names += [KAFKA_BRONZE_QUERY] if self.config.kafka.enabled else []
             names += [LANDING_BRONZE_QUERY] if self.config.landing.enabled else []
         if "silver" in selected:
-            names += [f"silver_{kind}" for kind in _SILVER_KINDS] + ["silver_users", "silver_gym_logs"]
+            names += [name for name, _, _ in _SILVER_IO]
         for layer in ("silver", "gold"):
             if layer in selected:
                 names += [f"derived_{spec.name}" for spec in DERIVED if TABLES[spec.name].layer == layer]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
@@ -101,6 +102,28 @@ def kafka_to_delta_copy(spark: SparkSession, config: Config, *, path: str, check
     return _drain(query, started)
 
 
+def _drain_bpm_stage(
+    spark: SparkSession,
+    config: Config,
+    name: str,
+    write: Callable[[DataFrame, int], None],
+    *,
+    bronze_path: str,
+    checkpoint: str,
+) -> QueryFigures:
+    """Drain the bronze table's heart-rate records through ``write`` (available-now, one query)."""
+    started = time.monotonic()
+    source = spark.readStream.format("delta").load(bronze_path).where(F.col("topic") == config.kafka.topics.bpm)
+    query = (
+        source.writeStream.queryName(name)
+        .foreachBatch(write)
+        .option("checkpointLocation", checkpoint)
+        .trigger(availableNow=True)
+        .start()
+    )
+    return _drain(query, started)
+
+
 def handwritten_heart_rate(
     spark: SparkSession, config: Config, *, bronze_path: str, path: str, checkpoint: str
 ) -> QueryFigures:
@@ -130,16 +153,7 @@ def handwritten_heart_rate(
             .execute()
         )
 
-    started = time.monotonic()
-    source = spark.readStream.format("delta").load(bronze_path).where(F.col("topic") == config.kafka.topics.bpm)
-    query = (
-        source.writeStream.queryName(BASELINE_HANDWRITTEN)
-        .foreachBatch(write)
-        .option("checkpointLocation", checkpoint)
-        .trigger(availableNow=True)
-        .start()
-    )
-    return _drain(query, started)
+    return _drain_bpm_stage(spark, config, BASELINE_HANDWRITTEN, write, bronze_path=bronze_path, checkpoint=checkpoint)
 
 
 def library_heart_rate(
@@ -153,13 +167,6 @@ def library_heart_rate(
         update={"storage": config.storage.model_copy(update={"root": root, "checkpoint_root": checkpoint})}
     )
     writer = TopicWriter(spark, scratch, "bpm", STAGE_ALONE)
-    started = time.monotonic()
-    source = spark.readStream.format("delta").load(bronze_path).where(F.col("topic") == config.kafka.topics.bpm)
-    query = (
-        source.writeStream.queryName(STAGE_ALONE)
-        .foreachBatch(writer)
-        .option("checkpointLocation", f"{checkpoint}/{STAGE_ALONE}")
-        .trigger(availableNow=True)
-        .start()
+    return _drain_bpm_stage(
+        spark, config, STAGE_ALONE, writer, bronze_path=bronze_path, checkpoint=f"{checkpoint}/{STAGE_ALONE}"
     )
-    return _drain(query, started)

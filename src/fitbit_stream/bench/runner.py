@@ -309,11 +309,11 @@ def _drain(
 
     if options.baselines:
         show("[bench] baseline: hand-written heart-rate silver")
-        tables = Tables(config)
+        bronze_path = str(Tables(config).ref("kafka_multiplex_bz").path)
         result.baselines[BASELINE_HANDWRITTEN] = handwritten_heart_rate(
             spark,
             config,
-            bronze_path=str(tables.ref("kafka_multiplex_bz").path),
+            bronze_path=bronze_path,
             path=str(base / "heart_rate"),
             checkpoint=str(base / "checkpoints" / "heart_rate"),
         )
@@ -321,7 +321,7 @@ def _drain(
         result.baselines[STAGE_ALONE] = library_heart_rate(
             spark,
             config,
-            bronze_path=str(tables.ref("kafka_multiplex_bz").path),
+            bronze_path=bronze_path,
             root=str(base / "alone"),
             checkpoint=str(base / "checkpoints" / "alone"),
         )
