@@ -1,8 +1,10 @@
-"""The committed Lakeview dashboard (dashboards/fitbit_kpis.lvdash.json) against the contract.
+"""The committed Lakeview dashboard (the bundle resource dashboards/fitbit_kpis.dashboard.yml) against the contract.
 
 Every dataset query is analysed by Spark over empty views with the contract schemas, so a table or
 column that does not exist fails here rather than on Databricks; every widget field names a column
-of its dataset; and the dashboard has a widget for every KPI of the HTML page.
+of its dataset; and the dashboard has a widget for every KPI of the HTML page. The bundle's
+definition names its tables by the bundle's references (``${var.catalog}``, the schema resources);
+with those replaced by a configuration's names it is that configuration's ``.lvdash.json``.
 """
 
 from __future__ import annotations
@@ -14,25 +16,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pyspark.sql import SparkSession
 
 from fitbit_stream.cli import main
-from fitbit_stream.config import load_config
+from fitbit_stream.config import Layer, load_config
 from fitbit_stream.dashboard import FILTERS, KPIS, DashboardData, lakeview_dashboard, render_html
 from fitbit_stream.dashboard.kpis import CHARTS, TILES
+from fitbit_stream.dashboard.lakeview import BUNDLE_DASHBOARD_FILE, bundle_dashboard, bundle_dashboard_yaml
 from fitbit_stream.errors import InvalidConfigError
 from fitbit_stream.schemas import TABLES
 
 ROOT = Path(__file__).resolve().parents[2]
-FILE = ROOT / "dashboards" / "fitbit_kpis.lvdash.json"
+FILE = ROOT / BUNDLE_DASHBOARD_FILE
 DATABRICKS = load_config(ROOT / "conf" / "databricks.yaml")
+#: A table as the bundle's dashboard names it: catalog variable, schema resource (keyed by layer), table.
+BUNDLE_TABLE = re.compile(r"`\$\{var\.catalog\}`\.`\$\{resources\.schemas\.(\w+)\.name\}`\.(\w+)\b")
 
 Json = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
 def dashboard() -> Json:
-    loaded: Json = json.loads(FILE.read_text(encoding="utf-8"))
+    resource = yaml.safe_load(FILE.read_text(encoding="utf-8"))["resources"]["dashboards"]["fitbit_kpis"]
+    loaded: Json = json.loads(resource["serialized_dashboard"])
     return loaded
 
 
@@ -41,8 +48,20 @@ def _widgets(dashboard: Json) -> list[Json]:
 
 
 def test_committed_file_is_the_generated_one(dashboard: Json) -> None:
-    """Regenerate with `fitbit-stream dashboard --config conf/databricks.yaml --lakeview <file>`."""
-    assert dashboard == lakeview_dashboard(DATABRICKS)
+    """Regenerate with the command in the file's header (write_bundle_dashboard)."""
+    assert FILE.read_text(encoding="utf-8") == bundle_dashboard_yaml()
+    assert dashboard == bundle_dashboard()
+
+
+def test_with_a_configs_names_it_is_that_configs_dashboard(dashboard: Json) -> None:
+    """The catalog and schema names are the only difference from the ``--lakeview`` file of a config."""
+    storage = DATABRICKS.storage
+    text, replaced = BUNDLE_TABLE.subn(
+        lambda m: f"{storage.catalog}.{storage.schemas[Layer(m.group(1))]}.{m.group(2)}", json.dumps(dashboard)
+    )
+    assert replaced > 0
+    assert "${" not in text
+    assert json.loads(text) == lakeview_dashboard(DATABRICKS)
 
 
 def test_needs_a_catalog() -> None:
@@ -53,20 +72,18 @@ def test_needs_a_catalog() -> None:
 @pytest.fixture(scope="module")
 def dataset_columns(spark: SparkSession, dashboard: Json) -> dict[str, list[str]]:
     """Each dataset's output columns, from Spark's analysis of its query over empty contract tables."""
-    storage = DATABRICKS.storage
-    layer_of = {schema: layer.value for layer, schema in storage.schemas.items()}
-    pattern = re.compile(rf"\b{re.escape(str(storage.catalog))}\.(\w+)\.(\w+)\b")
     columns: dict[str, list[str]] = {}
     for ds in dashboard["datasets"]:
         sql = "".join(ds["queryLines"])
-        for schema, table in pattern.findall(sql):
-            layer, spec = layer_of.get(schema), TABLES.get(table)
+        for layer, table in BUNDLE_TABLE.findall(sql):
+            spec = TABLES.get(table)
             assert spec is not None, f"{ds['name']}: {table} is not a contract table"
-            assert spec.layer == layer, f"{ds['name']}: {table} is a {spec.layer} table, read from {schema}"
+            assert spec.layer == layer, f"{ds['name']}: {table} is a {spec.layer} table, read from {layer}"
             assert layer in ("silver", "gold"), f"{ds['name']}: reads {layer} table {table}"
             spark.createDataFrame([], spec.schema).createOrReplaceTempView(f"lv_{layer}_{table}")
-        local_sql, replaced = pattern.subn(lambda m: f"lv_{layer_of[m.group(1)]}_{m.group(2)}", sql)
-        assert replaced > 0, f"{ds['name']}: reads no {storage.catalog} table"
+        local_sql, replaced = BUNDLE_TABLE.subn(lambda m: f"lv_{m.group(1)}_{m.group(2)}", sql)
+        assert replaced > 0, f"{ds['name']}: reads no table of the bundle's schemas"
+        assert "${" not in local_sql, f"{ds['name']}: a reference other than catalog and schema: {local_sql}"
         # Analysis resolves every table and column (an unknown one raises AnalysisException).
         columns[ds["name"]] = spark.sql(local_sql).columns
     return columns
@@ -147,4 +164,4 @@ def test_cli_writes_the_definition_without_spark(tmp_path: Path, capsys: pytest.
     args = ["dashboard", "--config", str(ROOT / "conf" / "databricks.yaml"), "--lakeview", str(out)]
     assert main(args) == 0
     assert capsys.readouterr().out.strip() == str(out)
-    assert out.read_text(encoding="utf-8") == FILE.read_text(encoding="utf-8")
+    assert json.loads(out.read_text(encoding="utf-8")) == lakeview_dashboard(DATABRICKS)
