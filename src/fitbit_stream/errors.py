@@ -19,5 +19,12 @@ class SourceError(FitbitStreamError):
     """A source (Kafka, SQL database, landing files) cannot be read as configured."""
 
 
+class PreflightError(SourceError):
+    """A source failed the check made before any query starts (:mod:`fitbit_stream.io.preflight`).
+
+    The message is one line: the setting and its value, what is wrong, and how to fix it.
+    """
+
+
 class PipelineError(FitbitStreamError):
     """A streaming query failed or the pipeline cannot start safely."""

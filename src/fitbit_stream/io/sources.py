@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
@@ -14,6 +14,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 from fitbit_stream.azure import auth_for
 from fitbit_stream.config import Config, KafkaConfig, SqlConfig
 from fitbit_stream.errors import InvalidConfigError, SourceError
+from fitbit_stream.io.preflight import JDBC_DRIVERS, librdkafka_conf
 from fitbit_stream.schemas import LANDING_RECORD
 
 if TYPE_CHECKING:
@@ -31,12 +32,6 @@ __all__ = [
     "read_sql_table",
     "sql_source_query",
 ]
-
-JDBC_DRIVERS = {
-    "sqlite": "org.sqlite.JDBC",
-    "postgresql": "org.postgresql.Driver",
-    "sqlserver": "com.microsoft.sqlserver.jdbc.SQLServerDriver",
-}
 
 #: Columns of the SQL source tables (CONTRACT.md §1.2) and which of them are timestamps.
 SQL_TABLE_COLUMNS: dict[str, tuple[tuple[str, bool], ...]] = {
@@ -98,10 +93,6 @@ def read_kafka_stream(
     return spark.readStream.format("kafka").options(**options).load()
 
 
-# librdkafka settings that mean the same as the Java consumer's (the rest, e.g. a JAAS line, do not).
-_LIBRDKAFKA_OPTIONS = ("security.protocol", "sasl.mechanism", "client.id")
-
-
 def kafka_partition_offsets(
     kafka: KafkaConfig,
     *,
@@ -123,9 +114,7 @@ def kafka_partition_offsets(
         from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
     except ImportError:
         raise SourceError("Kafka offset lookups need confluent-kafka: pip install 'fitbit-stream[platform]'") from None
-    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers}
-    conf.update({k: v for k, v in kafka.options.items() if k in _LIBRDKAFKA_OPTIONS})
-    conf.update(auth or {})
+    conf = librdkafka_conf(kafka, auth)
     conf["logger"] = logging.getLogger(f"{__name__}.librdkafka")
     deadline = time.monotonic() + timeout
     try:
