@@ -7,12 +7,13 @@ resolved into a ``SecretStr`` only when credentials are checked or a connection 
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -28,6 +29,7 @@ from pydantic import (
 from fitbit_stream.errors import InvalidConfigError
 
 __all__ = [
+    "OVERRIDE_SYNTAX",
     "AzureAuthMode",
     "AzureConfig",
     "Config",
@@ -70,6 +72,17 @@ class SecretsReader(Protocol):
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _text_values(value: Any) -> Any:
+    """Map values as text: YAML reads ``false`` or ``5`` in a map of settings (``spark_conf``, Kafka
+    options) as a bool or a number, while Spark and Kafka take them as the strings they wrote."""
+    if not isinstance(value, Mapping):
+        return value
+    return {
+        k: ("true" if v else "false") if isinstance(v, bool) else str(v) if isinstance(v, int | float) else v
+        for k, v in value.items()
+    }
 
 
 def _env_name(value: str) -> str:
@@ -208,6 +221,8 @@ class KafkaConfig(_Model):
             if not host or not port.isdigit():
                 raise ValueError(f"expected host:port[,host:port...], got {v!r}")
         return v
+
+    _options_text = field_validator("options", mode="before")(_text_values)
 
     @field_validator("options")
     @classmethod
@@ -418,6 +433,7 @@ class Config(_Model):
     # Extra Spark settings for the local session factory (ignored on Databricks, whose cluster
     # owns its session).
     spark_conf: dict[str, str] = Field(default_factory=dict)
+    _spark_conf_text = field_validator("spark_conf", mode="before")(_text_values)
     # Where the local JVM artifacts were resolved (scripts/setup.sh); relative to the working dir.
     jars_dir: str = ".cache/jars"
     # Local platform state (Kafka broker logs and data).
@@ -438,16 +454,102 @@ class Config(_Model):
         return self.platform is Platform.DATABRICKS or "DATABRICKS_RUNTIME_VERSION" in os.environ
 
 
+OVERRIDE_SYNTAX = (
+    "section.key=value, the value in YAML (a number, true/false, text, a [list] or a {mapping}, which replaces "
+    'the whole setting); a map key holding dots is quoted or bracketed: kafka.options."security.protocol"=SASL_SSL '
+    "or spark_conf[spark.ui.enabled]=false"
+)
+
+
+def _split_override(text: str) -> tuple[str, str, str]:
+    """``key``, ``=``, ``value`` at the first ``=`` outside quotes and brackets (map keys may hold one)."""
+    quote: str | None = None
+    depth = 0
+    for i, char in enumerate(text):
+        if quote is not None:
+            quote = None if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char == "[":
+            depth += 1
+        elif char == "]":
+            depth = max(0, depth - 1)
+        elif char == "=" and depth == 0:
+            return text[:i], "=", text[i + 1 :]
+    # An unclosed quote or bracket swallowed the "=": split at the first one, so that the key's own
+    # check can say what is unclosed.
+    return text.partition("=")
+
+
+def _key_path(key: str, text: str) -> list[str]:
+    """``a.b."c.d"`` or ``a.b[c.d]`` -> ``["a", "b", "c.d"]``: dots split, except inside quotes or brackets."""
+
+    def bad(why: str) -> InvalidConfigError:
+        return InvalidConfigError(f"--set {text!r}: {why}; expected {OVERRIDE_SYNTAX}")
+
+    path: list[str] = []
+    part = ""
+    closed = False  # the part just ended with a quote or a bracket: a dot, a bracket or the end follow
+    i = 0
+    while i < len(key):
+        char = key[i]
+        if char == ".":
+            if not part and not closed:
+                raise bad("empty key part")
+            if part:
+                path.append(part)
+            part, closed = "", False
+        elif char in "\"'" and not part and not closed:
+            end = key.find(char, i + 1)
+            if end < 0:
+                raise bad(f"unclosed {char} in the key")
+            path.append(key[i + 1 : end])
+            closed, i = True, end
+        elif char == "[":
+            end = key.find("]", i + 1)
+            if end < 0:
+                raise bad("unclosed [ in the key")
+            if part:
+                path.append(part)
+            elif not path:
+                raise bad("a [key] must follow a section")
+            inner = key[i + 1 : end].strip()
+            if len(inner) >= 2 and inner[0] == inner[-1] and inner[0] in "\"'":
+                inner = inner[1:-1]
+            if not inner:
+                raise bad("empty [key]")
+            path.append(inner)
+            part, closed, i = "", True, end
+        elif closed:
+            raise bad(f"unexpected {char!r} after a quoted or bracketed key")
+        else:
+            part += char
+        i += 1
+    if part:
+        path.append(part)
+    elif not closed and path:
+        raise bad("empty key part")
+    if not path or any(not p for p in path):
+        raise bad("empty key")
+    return path
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``section.key=value`` into a key path and a YAML-parsed value."""
-    key, sep, raw = text.partition("=")
-    path = [part for part in key.strip().split(".") if part]
-    if not sep or not path:
-        raise InvalidConfigError(f"--set: expected section.key=value, got {text!r}")
+    """Split ``section.key=value`` into a key path and a YAML-parsed value.
+
+    A key part that holds dots (a Kafka option, a Spark setting: keys of a map) is quoted
+    (``kafka.options."security.protocol"=SASL_SSL``) or bracketed (``spark_conf[spark.ui.enabled]=false``).
+    The value is YAML, so a list or a mapping sets a whole setting at once.
+    """
+    key, sep, raw = _split_override(text)
+    if not sep or not key.strip():
+        raise InvalidConfigError(f"--set: expected {OVERRIDE_SYNTAX}, got {text!r}")
+    path = _key_path(key.strip(), text)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise InvalidConfigError(f"--set {key}: value {raw!r} is not valid YAML: {exc}") from None
+        reason = " ".join(str(exc).split())
+        raise InvalidConfigError(f"--set {key}: value {raw!r} is not valid YAML: {reason}") from None
     return path, value
 
 
@@ -459,6 +561,55 @@ def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
             raise InvalidConfigError(f"--set {'.'.join(path)}: {part!r} is not a section")
         node = child
     node[path[-1]] = value
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model class of a field annotation (``KafkaConfig``, ``AzureConfig | None``), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        model = _model_of(arg)
+        if model is not None:
+            return model
+    return None
+
+
+def _section_at(loc: tuple[Any, ...]) -> tuple[type[BaseModel], int] | None:
+    """The deepest model along ``loc`` and how many parts of ``loc`` lead to it (None: not a model path)."""
+    model: type[BaseModel] = Config
+    for depth, part in enumerate(loc[:-1]):
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        child = None if field is None else _model_of(field.annotation)
+        if child is None:
+            return (model, depth) if field is not None and get_origin(field.annotation) is dict else None
+        model = child
+    return model, len(loc) - 1
+
+
+def _hint(err: Mapping[str, Any]) -> str:
+    """A nearer valid key for an unknown one; the quoting syntax for a dotted key split inside a map."""
+    loc = tuple(err["loc"])
+    found = _section_at(loc) if loc else None
+    if found is None:
+        return ""
+    model, depth = found
+    prefix = ".".join(str(p) for p in loc[:depth])
+    if err["type"] == "extra_forbidden" and depth == len(loc) - 1:
+        name, valid = str(loc[-1]), list(model.model_fields)
+        nearest = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+        if nearest:
+            return f"; did you mean {prefix + '.' if prefix else ''}{nearest[0]}?"
+        return f"; valid keys{' of ' + prefix if prefix else ''}: {', '.join(valid)}"
+    value = err.get("input")
+    if depth < len(loc) - 1 and isinstance(value, Mapping):
+        # ``kafka.options.security.protocol=X`` made {"security": {"protocol": X}} inside a map.
+        key = [str(p) for p in loc[depth + 1 :]]
+        while isinstance(value, Mapping) and len(value) == 1:
+            (name, value), *_ = value.items()
+            key.append(str(name))
+        section = ".".join(str(p) for p in loc[: depth + 1])
+        return f'; a map key with dots is quoted: {section}."{".".join(key)}"=VALUE'
+    return ""
 
 
 # key=value secrets inside a rejected value (a JDBC URL, a JAAS line) are masked in messages.
@@ -481,7 +632,7 @@ def _format_error(exc: ValidationError, data: Mapping[str, Any]) -> str:
         if _SECRET_KEY.search(loc):
             value = "**********"
         shown = _SECRET_IN_TEXT.sub(r"\1=**********", repr(value))
-        lines.append(f"{loc or '<root>'}: {err['msg']} (got {shown})")
+        lines.append(f"{loc or '<root>'}: {err['msg']} (got {shown}){_hint(err)}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

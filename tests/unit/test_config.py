@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from fitbit_stream.config import Config, load_config, parse_override
+from fitbit_stream.config import OVERRIDE_SYNTAX, Config, load_config, parse_override
 from fitbit_stream.errors import InvalidConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,3 +134,100 @@ def test_password_comes_from_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     assert secret.get_secret_value() == "canary-3f9a"
     assert "canary-3f9a" not in repr(secret)
     assert "canary-3f9a" not in config.model_dump_json()
+
+
+# --- --set: keys with dots inside maps, whole YAML values, suggestions -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('kafka.options."security.protocol"=SASL_SSL', (["kafka", "options", "security.protocol"], "SASL_SSL")),
+        ("kafka.options.'sasl.mechanism'=PLAIN", (["kafka", "options", "sasl.mechanism"], "PLAIN")),
+        ("spark_conf[spark.ui.enabled]=false", (["spark_conf", "spark.ui.enabled"], False)),
+        ('spark_conf["spark.sql.x"]=1', (["spark_conf", "spark.sql.x"], 1)),
+        ("kafka.options[a.b].c=1", (["kafka", "options", "a.b", "c"], 1)),
+        ('a."b=c"=d=e', (["a", "b=c"], "d=e")),
+        ("sql.url=jdbc:sqlite:/x/y.db?mode=ro", (["sql", "url"], "jdbc:sqlite:/x/y.db?mode=ro")),
+        ("kafka.topics={bpm: heart, workout: w}", (["kafka", "topics"], {"bpm": "heart", "workout": "w"})),
+    ],
+)
+def test_parse_override_quoted_and_bracketed_keys(text: str, expected: tuple[list[str], object]) -> None:
+    assert parse_override(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ('kafka.options."security.protocol=x', 'unclosed " in the key'),
+        ("spark_conf[spark.ui.enabled=x", "unclosed [ in the key"),
+        ("a..b=1", "empty key part"),
+        ("[x]=1", "a [key] must follow a section"),
+        ("spark_conf[]=1", "empty [key]"),
+        ('kafka."options"x=1', "unexpected 'x' after a quoted or bracketed key"),
+    ],
+)
+def test_parse_override_rejects_malformed_keys(text: str, why: str) -> None:
+    with pytest.raises(InvalidConfigError) as info:
+        parse_override(text)
+    assert str(info.value) == f"--set {text!r}: {why}; expected {OVERRIDE_SYNTAX}"
+
+
+def test_dotted_map_keys_reach_the_config() -> None:
+    config = load_config(
+        ROOT / "conf" / "local.yaml",
+        [
+            'kafka.options."security.protocol"=SASL_SSL',
+            "kafka.options[sasl.mechanism]=PLAIN",
+            "spark_conf[spark.ui.enabled]=false",
+            "spark_conf[spark.sql.shuffle.partitions]=8",
+        ],
+    )
+    assert config.kafka.options == {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"}
+    # YAML reads false and 8 as a bool and a number: a map of settings keeps them as Spark's text
+    assert config.spark_conf == {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "8"}
+
+
+def test_a_yaml_value_sets_a_whole_setting() -> None:
+    config = load_config(
+        ROOT / "conf" / "local.yaml",
+        ["kafka.topics={user_info: users, bpm: heart, workout: sessions}", "kafka.options={client.id: fitbit}"],
+    )
+    assert config.kafka.topics.names() == ["users", "heart", "sessions"]
+    assert config.kafka.options == {"client.id": "fitbit"}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "kafka.bootstrap_server=h:1",
+            "kafka.bootstrap_server: Extra inputs are not permitted (got 'h:1'); did you mean kafka.bootstrap_servers?",
+        ),
+        ("kafak.enabled=false", "kafak: Extra inputs are not permitted (got {'enabled': False}); did you mean kafka?"),
+        (
+            "streaming.trigger_interval=5",
+            "streaming.trigger_interval: Extra inputs are not permitted (got 5); "
+            "did you mean streaming.trigger_interval_seconds?",
+        ),
+        (
+            "landing.zzz=1",
+            "landing.zzz: Extra inputs are not permitted (got 1); valid keys of landing: enabled, path, "
+            "max_files_per_trigger",
+        ),
+        (
+            "kafka.options.security.protocol=SASL_SSL",
+            "kafka.options.security: Input should be a valid string (got {'protocol': 'SASL_SSL'}); "
+            'a map key with dots is quoted: kafka.options."security.protocol"=VALUE',
+        ),
+        (
+            "spark_conf.spark.ui.enabled=false",
+            "spark_conf.spark: Input should be a valid string (got {'ui': {'enabled': False}}); "
+            'a map key with dots is quoted: spark_conf."spark.ui.enabled"=VALUE',
+        ),
+    ],
+)
+def test_unknown_keys_suggest_the_nearest_valid_one(override: str, message: str) -> None:
+    with pytest.raises(InvalidConfigError) as info:
+        load_config(ROOT / "conf" / "local.yaml", [override])
+    assert str(info.value) == f"invalid configuration:\n  {message}"
