@@ -8,10 +8,12 @@ demographics show as (unknown).
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -22,9 +24,13 @@ from pyspark.sql import DataFrame, SparkSession
 from fitbit_stream.config import load_config
 from fitbit_stream.dashboard import KPIS, DashboardData, load_data, render_html
 from fitbit_stream.dashboard.datasets import Dataset, dataset_frames, dataset_sql
-from fitbit_stream.dashboard.html import CONTENT_SECURITY_POLICY
+from fitbit_stream.dashboard.health import PipelineHealth, health_frames
+from fitbit_stream.dashboard.html import CONTENT_SECURITY_POLICY, LIVE_CONTENT_SECURITY_POLICY, Live, page_payload
+from fitbit_stream.dashboard.live import LiveDashboard, local_version, version_tag
+from fitbit_stream.dashboard.server import API_PATH, DashboardServer
 from fitbit_stream.errors import PipelineError
-from fitbit_stream.schemas import GYM_OCCUPANCY, GYM_SUMMARY, USER_BINS, USERS, WORKOUT_BPM_SUMMARY
+from fitbit_stream.io.progress import QUERY_PROGRESS
+from fitbit_stream.schemas import GYM_OCCUPANCY, GYM_SUMMARY, QUARANTINE, USER_BINS, USERS, WORKOUT_BPM_SUMMARY
 
 AA, BB, CC = "aa:bb:cc:dd:ee:0a", "aa:bb:cc:dd:ee:0b", "aa:bb:cc:dd:ee:0c"
 U = "(unknown)"
@@ -243,4 +249,280 @@ def test_page_is_self_contained_and_escapes_data() -> None:
     blob = page.split('<script type="application/json" id="fitbit-data">')[1].split("</script>")[0]
     assert json.loads(blob)["datasets"]["members"][0]["city"] == hostile
     assert set(re.findall(r'data-kpi="(\w+)"', page)) == {k.id for k in KPIS}
-    assert "generated 2024-03-03 12:00 UTC" in page
+    assert 'generated <span id="generated">2024-03-03 12:00 UTC</span>' in page
+    # offline: nothing to poll, and a policy that allows no request at all
+    assert "<body>" in page
+    assert "connect-src" not in page
+
+
+def test_page_payload_is_the_embedded_data() -> None:
+    data = DashboardData({"workouts": [], "visits": [], "occupancy": [], "members": []})
+    health = PipelineHealth(progress=[{"query_name": "q", "batch_id": 1}], quarantine=[])
+    at = datetime(2024, 3, 3, 12, 0, 5, tzinfo=UTC)
+    page = render_html(data, generated_at=at, health=health, live=Live("/api/kpis", 500), version="v1", missing=["x"])
+    blob = page.split('<script type="application/json" id="fitbit-data">')[1].split("</script>")[0]
+    payload = page_payload(data, generated_at=at, health=health, version="v1", missing=["x"])
+    assert json.loads(blob) == payload
+    assert payload["version"] == "v1"
+    assert payload["generated_at"] == "2024-03-03 12:00:05 UTC"
+    assert payload["health"] == {"progress": [{"query_name": "q", "batch_id": 1}], "quarantine": []}
+    assert payload["missing"] == ["x"]
+    # served: the script polls the endpoint, which only the served page's policy allows
+    assert 'data-live-api="/api/kpis" data-poll-ms="500"' in page
+    assert f'content="{LIVE_CONTENT_SECURITY_POLICY}"' in page
+    assert LIVE_CONTENT_SECURITY_POLICY.endswith("; connect-src 'self'")
+
+
+# --- pipeline health -----------------------------------------------------------------------------
+
+
+def _progress(query: str, run: str, batch: int, at: str, rows: int, **extra: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "query_name": query,
+        "query_id": f"id-{query}",
+        "run_id": run,
+        "batch_id": batch,
+        "timestamp": ts(at),
+        "num_input_rows": rows,
+        "input_rows_per_second": None,
+        "processed_rows_per_second": None,
+        "batch_duration_ms": None,
+        "backlog_offsets": None,
+        "backlog_files": None,
+        "backlog_bytes": None,
+        "state_rows": 0,
+        "progress_json": "{}",
+    }
+    return {**row, **extra}
+
+
+def test_health_keeps_each_querys_latest_batches_and_counts_quarantine(spark: SparkSession) -> None:
+    progress = [
+        _progress("bronze", "r1", 0, "2025-03-03 10:00:00", 10, batch_duration_ms=900, backlog_offsets=40),
+        _progress("bronze", "r1", 1, "2025-03-03 10:00:05", 30, batch_duration_ms=1200, backlog_offsets=10),
+        _progress("bronze", "r1", 2, "2025-03-03 10:00:10", 10, batch_duration_ms=800, backlog_offsets=0),
+        _progress("silver_bpm", "r2", 7, "2025-03-03 10:00:07", 25, processed_rows_per_second=50.0, backlog_files=2),
+        _progress("", "r3", 0, "2025-03-03 10:00:00", 1),  # a query without a name is nobody's line
+    ]
+    quarantine = [
+        ("k", "v", "bpm", 0, 1, ts("2025-03-03 09:00"), "late", None, ts("2025-03-03 10:00:01")),
+        ("k", "v", "bpm", 0, 2, ts("2025-03-03 09:00"), "late", None, ts("2025-03-03 10:00:03")),
+        ("k", "v", "workout", 0, 3, ts("2025-03-03 09:00"), "late", None, ts("2025-03-03 10:00:02")),
+        ("k", "v", "bpm", 0, 4, ts("2025-03-03 09:00"), "malformed", "x", ts("2025-03-03 10:00:00")),
+        ("k", "v", "bpm", 0, 5, ts("2025-03-03 09:00"), None, None, None),
+    ]
+    tag = uuid.uuid4().hex[:8]
+    spark.createDataFrame(progress, QUERY_PROGRESS).createOrReplaceTempView(f"health_{tag}_progress")
+    spark.createDataFrame(quarantine, QUARANTINE).createOrReplaceTempView(f"health_{tag}_quarantine")
+    views = {("ops", "_query_progress"): f"health_{tag}_progress", ("silver", "quarantine"): f"health_{tag}_quarantine"}
+
+    health = PipelineHealth.from_frames(health_frames(spark, lambda layer, table: views[(layer, table)], limit=2))
+
+    ms = 1740996000000  # 2025-03-03 10:00:00 UTC
+    assert [
+        (r["query_name"], r["run_id"], r["batch_id"], r["time_ms"], r["num_input_rows"], r["batch_duration_ms"])
+        for r in health.progress
+    ] == [
+        ("bronze", "r1", 1, ms + 5000, 30, 1200),  # the two latest batches of each query, oldest first
+        ("bronze", "r1", 2, ms + 10000, 10, 800),
+        ("silver_bpm", "r2", 7, ms + 7000, 25, None),
+    ]
+    assert [(r["backlog_offsets"], r["backlog_files"]) for r in health.progress] == [(10, None), (0, None), (None, 2)]
+    assert health.progress[2]["processed_rows_per_second"] == 50.0
+    assert health.quarantine == [
+        {"reason": U, "topic": "bpm", "records": 1, "last_ms": None},
+        {"reason": "late", "topic": "bpm", "records": 2, "last_ms": ms + 3000},
+        {"reason": "late", "topic": "workout", "records": 1, "last_ms": ms + 2000},
+        {"reason": "malformed", "topic": "bpm", "records": 1, "last_ms": ms},
+    ]
+    json.dumps(health.as_json(), allow_nan=False)
+
+
+# --- the live dashboard: version check, snapshots, JSON endpoint ---------------------------------
+
+
+def test_local_version_reads_the_delta_log_names(tmp_path: Path) -> None:
+    assert local_version(tmp_path / "nothing") is None
+    log = tmp_path / "t" / "_delta_log"
+    log.mkdir(parents=True)
+    assert local_version(tmp_path / "t") is None  # created, nothing committed yet
+    for name in (
+        "00000000000000000000.json",
+        "00000000000000000010.checkpoint.parquet",
+        "00000000000000000011.json",
+        ".00000000000000000012.json.0b1c.tmp",  # a commit being written: not there yet
+        "00000000000000000011.crc",
+        "_last_checkpoint",
+    ):
+        (log / name).write_text("")
+    assert local_version(tmp_path / "t") == 11
+
+
+class FakeTables:
+    """Table versions a test moves by hand, and loaders that count their reads."""
+
+    def __init__(self) -> None:
+        self.versions: dict[str, int | None] = {"gold.g": 1, "silver.s": 4, "ops._query_progress": None}
+        self.kpi_value = 100.0
+        self.fail = False
+        self.now = 1000.0
+
+    def read_versions(self) -> dict[str, int | None]:
+        if self.fail:
+            raise RuntimeError("the log is being rewritten")
+        return dict(self.versions)
+
+    def kpis(self) -> tuple[DashboardData, tuple[str, ...]]:
+        row = {"user_id": 1, "workout_id": 1, "session_id": 1, "date": "2025-03-03", "avg_bpm": self.kpi_value}
+        return DashboardData({"workouts": [row], "visits": [], "occupancy": [], "members": []}), ()
+
+    def health(self) -> PipelineHealth:
+        return PipelineHealth(progress=[{"query_name": "q", "version": self.versions["ops._query_progress"]}])
+
+    def live(self, min_interval: float = 1.0) -> LiveDashboard:
+        return LiveDashboard(
+            self.read_versions,
+            self.kpis,
+            self.health,
+            kpi_tables={"gold.g", "silver.s"},
+            health_tables={"ops._query_progress"},
+            min_interval=min_interval,
+            clock=lambda: self.now,
+            now=lambda: datetime(2025, 3, 3, 12, 0, tzinfo=UTC),
+        )
+
+
+def test_live_dashboard_rereads_only_the_part_whose_version_moved() -> None:
+    fake = FakeTables()
+    live = fake.live()
+    first = live.snapshot()
+    assert dict(live.reads) == {"kpis": 1, "health": 1}
+    assert first.version == version_tag(fake.versions)
+
+    fake.kpi_value = 200.0  # a change no version shows is not looked for
+    fake.now += 5
+    assert live.snapshot() is first
+    assert dict(live.reads) == {"kpis": 1, "health": 1}
+
+    fake.versions["ops._query_progress"] = 0  # the ops table appears: health only
+    fake.now += 5
+    second = live.snapshot()
+    assert dict(live.reads) == {"kpis": 1, "health": 2}
+    assert second.version != first.version
+    assert second.data is first.data
+    assert second.health.progress == [{"query_name": "q", "version": 0}]
+
+    fake.versions["gold.g"] = 2  # gold moves: the KPIs are read again, health is kept
+    fake.now += 5
+    third = live.snapshot()
+    assert dict(live.reads) == {"kpis": 2, "health": 2}
+    assert third.data.datasets["workouts"][0]["avg_bpm"] == 200.0
+    assert third.health is second.health
+
+
+def test_live_dashboard_checks_versions_at_most_once_per_interval() -> None:
+    fake = FakeTables()
+    calls = 0
+    read = fake.read_versions
+
+    def counted() -> dict[str, int | None]:
+        nonlocal calls
+        calls += 1
+        return read()
+
+    fake.read_versions = counted  # type: ignore[method-assign]
+    live = fake.live(min_interval=2.0)
+    live.snapshot()
+    fake.versions["gold.g"] = 9
+    fake.now += 1.5
+    assert live.snapshot().versions["gold.g"] == 1  # too soon: not checked
+    fake.now += 0.5
+    assert live.snapshot().versions["gold.g"] == 9
+    assert calls == 2
+
+
+def test_live_dashboard_keeps_the_last_snapshot_when_a_refresh_fails() -> None:
+    fake = FakeTables()
+    live = fake.live()
+    first = live.snapshot()
+    fake.fail = True
+    fake.now += 5
+    assert live.snapshot() is first
+    fake.fail = False
+    fake.versions["gold.g"] = 3
+    fake.now += 5
+    assert live.snapshot().versions["gold.g"] == 3
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[FakeTables, DashboardServer]]:
+    fake = FakeTables()
+    server = DashboardServer(fake.live(min_interval=0.0), "127.0.0.1", 0, source="/lake")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield fake, server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _get(server: DashboardServer, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    host, port = server.server_address[:2]
+    connection = http.client.HTTPConnection(str(host), int(port), timeout=10)
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def test_endpoint_answers_the_data_and_304_while_the_versions_stand(
+    served: tuple[FakeTables, DashboardServer],
+) -> None:
+    fake, server = served
+    status, headers, body = _get(server, API_PATH)
+    assert status == 200
+    assert headers["content-type"] == "application/json"
+    payload = json.loads(body)
+    version = payload["version"]
+    assert headers["etag"] == f'"{version}"'
+    assert payload["datasets"]["workouts"][0]["avg_bpm"] == 100.0
+    assert payload["health"] == {"progress": [{"query_name": "q", "version": None}], "quarantine": []}
+    assert payload["generated_at"] == "2025-03-03 12:00:00 UTC"
+
+    status, headers, body = _get(server, API_PATH, **{"If-None-Match": f'"{version}"'})
+    assert (status, body, headers["etag"]) == (304, b"", f'"{version}"')
+
+    fake.kpi_value = 130.0
+    fake.versions["gold.g"] = 2
+    status, headers, body = _get(server, API_PATH, **{"If-None-Match": f'"{version}"'})
+    assert status == 200
+    payload = json.loads(body)
+    assert payload["version"] != version
+    assert payload["datasets"]["workouts"][0]["avg_bpm"] == 130.0
+
+
+def test_page_is_the_dashboard_with_the_endpoint(served: tuple[FakeTables, DashboardServer]) -> None:
+    _, server = served
+    status, headers, body = _get(server, "/")
+    assert status == 200
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    assert headers["content-security-policy"] == LIVE_CONTENT_SECURITY_POLICY
+    page = body.decode()
+    assert f'data-live-api="{API_PATH}"' in page
+    assert "Gold tables of /lake" in page
+    assert set(re.findall(r'data-kpi="(\w+)"', page)) == {k.id for k in KPIS}
+    assert _get(server, "/nope")[0] == 404
+    assert server.url.startswith("http://127.0.0.1:")
+
+
+def test_server_refuses_a_foreign_host_name(served: tuple[FakeTables, DashboardServer]) -> None:
+    """A DNS name rebound to 127.0.0.1 must not let another site's page read the dashboard."""
+    _, server = served
+    port = server.server_address[1]
+    assert _get(server, API_PATH, Host=f"attacker.example:{port}")[0] == 403
+    assert _get(server, API_PATH, Host=f"localhost:{port}")[0] == 200
+    assert _get(server, API_PATH, Host=f"127.0.0.1:{port}")[0] == 200

@@ -35,7 +35,9 @@ __all__ = [
     "Dataset",
     "dataset_frames",
     "dataset_sql",
+    "kpi_tables",
     "load_data",
+    "missing_tables",
     "referenced_tables",
     "table_resolver",
 ]
@@ -211,17 +213,30 @@ class DashboardData:
             out[name] = [{k: _plain(v) for k, v in row.asDict().items()} for row in rows]
         return cls(out)
 
+    @classmethod
+    def empty(cls) -> DashboardData:
+        """No rows in any dataset: what the live page shows before the tables exist."""
+        return cls({name: [] for name in DATASETS})
+
+
+def kpi_tables() -> list[tuple[str, str]]:
+    """The ``(layer, table)`` pairs the datasets read, sorted."""
+    return sorted({t for d in DATASETS.values() for t in referenced_tables(d.sql)})
+
+
+def missing_tables(spark: SparkSession, config: Config) -> list[str]:
+    """The tables the datasets read that do not exist (yet), as their paths or catalog names."""
+    tables = Tables(config)
+    refs = (tables.ref(table, layer=layer) for layer, table in kpi_tables())
+    return [str(ref) for ref in refs if not tables.exists(spark, ref)]
+
 
 def load_data(spark: SparkSession, config: Config) -> DashboardData:
     """Read the gold and silver tables of ``config`` into the dashboard's datasets.
 
     Every table must exist: the page would otherwise show zeros that look like real figures.
     """
-    tables = Tables(config)
-    needed = sorted({t for d in DATASETS.values() for t in referenced_tables(d.sql)})
-    missing = [
-        str(ref) for ref in (tables.ref(table, layer=layer) for layer, table in needed) if not tables.exists(spark, ref)
-    ]
+    missing = missing_tables(spark, config)
     if missing:
         raise PipelineError(
             f"dashboard: table(s) {', '.join(missing)} do not exist yet; run `fitbit-stream run --once` first"

@@ -33,12 +33,24 @@ TILES: tuple[Kpi, ...] = (
     Kpi("total_workouts", "Workouts", "workouts", "completed sessions with heart-rate readings"),
     Kpi("total_visits", "Gym logins", "visits", "closed gym visits"),
     Kpi("total_members", "Members", "members", "registered members and members with a profile"),
-    Kpi("minutes_in_gym", "Minutes in gym", "visits", "sum over visits"),
-    Kpi("minutes_exercising", "Minutes exercising", "visits", "sum over visits of sessions started in the gym"),
+    Kpi("minutes_in_gym", "Time in gym", "visits", "sum over visits, hours:minutes"),
+    Kpi(
+        "minutes_exercising",
+        "Time exercising",
+        "visits",
+        "sum over visits of sessions started in the gym, hours:minutes",
+    ),
     Kpi("avg_bpm", "Average bpm", "workouts", "mean of the workouts' average heart rate"),
 )
 
 CHARTS: tuple[Kpi, ...] = (
+    Kpi(
+        "daily_trend",
+        "Daily trend",
+        "workouts",
+        "per UTC day: completed workouts and their mean average bpm (workouts), time in gym and time "
+        "exercising (visits)",
+    ),
     Kpi(
         "hr_by_group",
         "Heart rate per workout by age group and gender",
@@ -48,9 +60,9 @@ CHARTS: tuple[Kpi, ...] = (
     ),
     Kpi(
         "gym_vs_exercise",
-        "Minutes in gym vs minutes exercising per member",
+        "Time in gym vs time exercising per member",
         "visits",
-        "sums over the member's closed visits",
+        "sums over the member's closed visits, hours:minutes",
     ),
     Kpi(
         "logins_vs_hours",

@@ -59,8 +59,16 @@ def _col(name: str) -> _Field:
     return (name, f"`{name}`", name.replace("_", " "))
 
 
+#: Notes that differ here: a Lakeview counter shows the minutes as a number, not as hours:minutes.
+_NOTES = {
+    "minutes_in_gym": "sum of minutes over visits",
+    "minutes_exercising": "sum of minutes over visits of sessions started in the gym",
+}
+
+
 def _frame(kpi: Kpi) -> _Json:
-    return {"showTitle": True, "title": kpi.title, "showDescription": True, "description": kpi.note}
+    note = _NOTES.get(kpi.id, kpi.note)
+    return {"showTitle": True, "title": kpi.title, "showDescription": True, "description": note}
 
 
 def _query(dataset: str, fields: list[_Field], *, name: str = "main_query") -> _Json:
@@ -111,7 +119,41 @@ def _bars(kpi: Kpi, x: _Field, ys: list[_Field], position: _Json) -> _Json:
     return _widget(kpi, [x, *ys], spec, position)
 
 
+def _line(kpi: Kpi, x: _Field, ys: list[_Field], position: _Json) -> _Json:
+    y = {"scale": {"type": "quantitative"}, "fields": [{"fieldName": f[0], "displayName": f[2]} for f in ys]}
+    spec: _Json = {"version": 3, "widgetType": "line", "encodings": {"x": _enc(x, "temporal"), "y": y}}
+    return _widget(kpi, [x, *ys], spec, position)
+
+
 def _chart_widgets(y: int) -> list[_Json]:
+    by_id = {k.id: k for k in CHARTS}
+    day: _Field = ("daily(date)", 'DATE_TRUNC("DAY", `date`)', "date")
+    # The HTML page's trend draws the visits' minutes under the workouts: here a second widget over
+    # the visits dataset, beside the one named after the KPI (a widget reads one dataset).
+    minutes_kpi = Kpi(
+        "daily_trend_minutes", "Daily time in gym and exercising", "visits", "minutes per UTC day, sums over visits"
+    )
+    trend = [
+        _line(
+            by_id["daily_trend"],
+            day,
+            [("count(session_id)", "COUNT(`session_id`)", "workouts"), ("avg(avg_bpm)", "AVG(`avg_bpm`)", "avg bpm")],
+            _pos(0, y, 3, 6),
+        ),
+        _bars(
+            minutes_kpi,
+            day,
+            [
+                ("sum(minutes_in_gym)", "SUM(`minutes_in_gym`)", "minutes in gym"),
+                ("sum(minutes_exercising)", "SUM(`minutes_exercising`)", "minutes exercising"),
+            ],
+            _pos(3, y, 3, 6),
+        ),
+    ]
+    return trend + _kpi_chart_widgets(y + 6)
+
+
+def _kpi_chart_widgets(y: int) -> list[_Json]:
     by_id = {k.id: k for k in CHARTS}
     member = _col("member")
     minutes_ex: _Field = ("sum(minutes_exercising)", "SUM(`minutes_exercising`)", "minutes exercising")
