@@ -217,15 +217,24 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    """Write the offline HTML dashboard over the gold tables (or, with --lakeview, the Databricks one)."""
+    """Write the offline HTML dashboard over the gold tables (or, with --lakeview, the Databricks one).
+
+    With --serve, serve it on localhost instead, refreshed while the pipeline runs, until Ctrl-C.
+    """
     config = _config(args)
     if args.lakeview is not None:
         from fitbit_stream.dashboard.lakeview import write_lakeview
 
         print(write_lakeview(config, args.lakeview))
         return 0
-    from fitbit_stream.dashboard.html import write_dashboard
     from fitbit_stream.session import get_spark
+
+    if args.serve:
+        from fitbit_stream.dashboard.server import serve
+
+        serve(get_spark(config), config, host=args.host, port=args.port, say=lambda msg: print(msg, flush=True))
+        return 0
+    from fitbit_stream.dashboard.html import write_dashboard
 
     print(write_dashboard(get_spark(config), config, args.out))
     return 0
@@ -363,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="instead, write the Databricks Lakeview definition (.lvdash.json) for the config's catalog",
     )
+    dash.add_argument("--serve", action="store_true", help="instead, serve the page live (refreshes as gold changes)")
+    dash.add_argument("--host", default="127.0.0.1", help="--serve: the address to bind (default 127.0.0.1)")
+    dash.add_argument("--port", type=int, default=8050, help="--serve: the port (default 8050; 0 = any free port)")
     dash.set_defaults(func=_cmd_dashboard)
 
     as_of_help = "reference date of user_bins (YYYY-MM-DD), as the run used it; default today (UTC)"

@@ -21,6 +21,7 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 
+from fitbit_stream.cli import main
 from fitbit_stream.config import load_config
 from fitbit_stream.dashboard import KPIS, DashboardData, load_data, render_html
 from fitbit_stream.dashboard.datasets import Dataset, dataset_frames, dataset_sql
@@ -526,3 +527,18 @@ def test_server_refuses_a_foreign_host_name(served: tuple[FakeTables, DashboardS
     assert _get(server, API_PATH, Host=f"attacker.example:{port}")[0] == 403
     assert _get(server, API_PATH, Host=f"localhost:{port}")[0] == 200
     assert _get(server, API_PATH, Host=f"127.0.0.1:{port}")[0] == 200
+
+
+def test_cli_serve_passes_host_and_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, object] = {}
+    session = object()
+    monkeypatch.setattr("fitbit_stream.session.get_spark", lambda config: session)
+
+    def fake_serve(spark: object, config: object, *, host: str, port: int, say: Callable[[str], None]) -> None:
+        seen.update(spark=spark, host=host, port=port)
+
+    monkeypatch.setattr("fitbit_stream.dashboard.server.serve", fake_serve)
+    assert main(["dashboard", "--serve", "--port", "0"]) == 0
+    assert seen == {"spark": session, "host": "127.0.0.1", "port": 0}
+    assert main(["dashboard", "--serve", "--host", "::1", "--port", "8123"]) == 0
+    assert (seen["host"], seen["port"]) == ("::1", 8123)
