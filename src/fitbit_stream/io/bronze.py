@@ -21,9 +21,10 @@ after bronze for a new checkpoint) are compared with the earliest offsets Kafka 
 that are gone (retention, deleted records, a recreated topic) stop the pipeline with a
 :class:`PipelineError` naming topic, partition and offsets, unless ``kafka.fail_on_data_loss`` is
 false: then each gap is recorded in the ops table ``_kafka_gaps`` and the query continues at the
-earliest offsets. (The lookup needs confluent-kafka; without it, or if the broker does not answer
-it, only Spark's own failOnDataLoss check remains, whose message names the partitions but not the
-offsets.)
+earliest offsets. A broker that does not answer the lookup stops the run before the query starts
+(the sources were checked just before, :mod:`fitbit_stream.io.preflight`). Without confluent-kafka
+only Spark's own failOnDataLoss check remains, whose message names the partitions but not the
+offsets.
 
 Landing lines that are not a JSON record of the landing shape (not JSON, or no topic, partition,
 offset or epoch-seconds timestamp) are not records of any topic: they go to ``quarantine`` with
@@ -32,6 +33,7 @@ reason ``malformed_json``, the raw line as ``value`` and a detail naming the pro
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass
@@ -214,11 +216,19 @@ def _record_gaps(spark: SparkSession, tables: Tables, gaps: list[KafkaGap]) -> N
 def _check_data_loss(spark: SparkSession, config: Config, tables: Tables, position: dict[Partition, int]) -> None:
     if not position:
         return
+    if importlib.util.find_spec("confluent_kafka") is None:
+        # The one case the check cannot be made: without librdkafka only Spark's own check remains.
+        log.info("kafka bronze: offsets lost to retention are left to Spark's check (confluent-kafka is not installed)")
+        return
     try:
         earliest = kafka_partition_offsets(config.kafka, auth=auth_for(config).librdkafka_auth_settings())
     except SourceError as exc:
-        log.warning("kafka bronze: cannot check for offsets lost to retention (%s); Spark's own check remains", exc)
-        return
+        # The sources passed the preflight moments ago (io.preflight): a broker that does not answer
+        # now stops the run before the query starts, rather than leaving lost records unnoticed.
+        raise PipelineError(
+            f"kafka bronze: cannot check the offsets Kafka still holds before starting: {exc}; check that the "
+            f"broker at kafka.bootstrap_servers={config.kafka.bootstrap_servers} runs, then start again"
+        ) from None
     gaps = find_gaps(position, earliest)
     if not gaps:
         return
