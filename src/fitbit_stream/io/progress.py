@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -37,10 +38,18 @@ if TYPE_CHECKING:
         QueryStartedEvent,
         QueryTerminatedEvent,
     )
+    from pyspark.sql.streaming.query import StreamingQuery
 
     from fitbit_stream.io.tables import TableRef, Tables
 
-__all__ = ["QUERY_PROGRESS", "ProgressRecord", "ProgressRecorder", "backlog_of", "record_of"]
+__all__ = [
+    "QUERY_PROGRESS",
+    "ProgressRecord",
+    "ProgressRecorder",
+    "backlog_of",
+    "record_of",
+    "stop_between_batches",
+]
 
 log = logging.getLogger(__name__)
 
@@ -233,3 +242,26 @@ class ProgressRecorder(StreamingQueryListener):
         rows = spark.createDataFrame([asdict(r) for r in records], QUERY_PROGRESS)
         insert_if_absent(spark, tables, ref, rows, keys=["run_id", "batch_id"])
         return len(records)
+
+
+def stop_between_batches(queries: Iterable[StreamingQuery], *, timeout: float = 30.0, poll: float = 0.1) -> None:
+    """Stop each active query at a moment its status shows no micro-batch running, at most ``timeout``
+    seconds after the call (then whatever still runs is stopped as it is).
+
+    ``StreamingQuery.stop`` interrupts the batch in flight: a foreachBatch function then fails inside
+    a py4j call, Spark logs the aborted Delta write and broadcast as errors, and it tells the
+    interruption apart from a real failure only by a regex over the whole Python traceback. Between
+    batches there is nothing to interrupt. Either way the checkpoint stays consistent: an
+    interrupted batch is not committed and runs again on restart.
+    """
+    pending = [q for q in queries if q.isActive]
+    deadline = time.monotonic() + timeout
+    while pending:
+        late = time.monotonic() >= deadline
+        for query in list(pending):
+            # A stopped query's status may be stale: stopping it again is harmless.
+            if late or not query.isActive or not query.status.get("isTriggerActive", False):
+                query.stop()
+                pending.remove(query)
+        if pending:
+            time.sleep(poll)
