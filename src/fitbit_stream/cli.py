@@ -4,36 +4,30 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 from fitbit_stream import __version__
+from fitbit_stream.azure import AzureAuth
 from fitbit_stream.config import Config, load_config
-from fitbit_stream.errors import FitbitStreamError
+from fitbit_stream.jobs import (
+    add_config_args,
+    add_output_args,
+    add_run_args,
+    configure_output,
+    preflight,
+    report_error,
+    run_pipeline,
+)
 
 if TYPE_CHECKING:
     from fitbit_stream.generator import GeneratorConfig, Progress
 
 log = logging.getLogger("fitbit_stream")
-
-
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="YAML config file (default: built-in local defaults)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one setting (repeatable), e.g. --set kafka.bootstrap_servers=localhost:9092",
-    )
 
 
 def _instant(text: str) -> datetime:
@@ -59,29 +53,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fitbit_stream.pipeline import Pipeline
-    from fitbit_stream.session import get_spark
-
-    config = _config(args)
-    spark = get_spark(config)
-    pipeline = Pipeline(spark, config, reset_checkpoints=args.reset_checkpoints)
-    if args.once:
-        started = time.monotonic()
-        report = pipeline.run_once(layers=args.job, progress=lambda msg: print(f"[run] {msg}", flush=True))
-        print(report.table())
-        print(f"[run] drained in {time.monotonic() - started:.1f}s")
-        return 0
-    stop = threading.Event()
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        print(f"[run] {signal.Signals(signum).name}: stopping queries cleanly", flush=True)
-        stop.set()
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    print("[run] running; Ctrl-C stops cleanly", flush=True)
-    pipeline.run_continuously(stop, layers=args.job, progress=lambda msg: print(f"[run] {msg}", flush=True))
-    return 0
+    return run_pipeline(args, args.job, say=lambda msg: print(f"[run] {msg}", flush=True))
 
 
 def cmd_platform(args: argparse.Namespace) -> int:
@@ -194,7 +166,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     stage("generate", t)
 
     t = time.monotonic()
-    spark = get_spark(config)
+    auth = AzureAuth(config)
+    preflight(config, auth, lambda msg: print(f"[demo] {msg}", flush=True))
+    spark = get_spark(config, auth=auth)
     report = Pipeline(spark, config).run_once(progress=lambda msg: print(f"[run] {msg}", flush=True))
     print(report.table())
     stage("pipeline", t)
@@ -246,8 +220,8 @@ def _as_of(text: str | None) -> date:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     """Compare every silver and gold table with its batch recomputation from bronze."""
-    from fitbit_stream.recompute import verify
     from fitbit_stream.session import get_spark
+    from fitbit_stream.verify import verify
 
     config = _config(args)
     report = verify(get_spark(config), config, as_of=_as_of(args.as_of), examples=args.examples)
@@ -264,7 +238,7 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from fitbit_stream.recompute import rebuild
+    from fitbit_stream.rebuild import rebuild
     from fitbit_stream.session import get_spark
 
     config = _config(args)
@@ -311,34 +285,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Wearable-fitness analytics with Spark Structured Streaming and Delta Lake.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_output_args(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the pipeline (Kafka/landing/SQL -> bronze -> silver -> gold)")
-    _add_config_args(run)
-    run.add_argument("--once", action="store_true", help="drain all available input, then exit")
+    add_config_args(run)
+    add_run_args(run)
     run.add_argument(
         "--job",
         choices=["bronze", "silver", "gold", "all"],
         default="all",
         help="the layer to run (its inputs must be drained by the layers before it); default all",
     )
-    run.add_argument(
-        "--reset-checkpoints",
-        action="store_true",
-        help="start queries whose checkpoint is missing or foreign on new checkpoints (the old ones are "
-        "moved aside; bronze resumes after the records it holds) instead of refusing to start",
-    )
     run.set_defaults(func=cmd_run)
 
     plat = sub.add_parser("platform", help="start, stop or inspect the local Kafka broker (and PostgreSQL)")
     plat.add_argument("action", choices=["start", "stop", "status"])
     plat.add_argument("--postgres", action="store_true", help="also the local PostgreSQL server (e2e tests)")
-    _add_config_args(plat)
+    add_config_args(plat)
     plat.set_defaults(func=cmd_platform)
 
     gen = sub.add_parser("generate", help="emit a deterministic synthetic world to Kafka/landing files and SQL")
-    _add_config_args(gen)
+    add_config_args(gen)
     _add_generator_args(gen)
     gen.add_argument("--since", type=_instant, default=None, help="emit from this simulated instant (ISO, UTC)")
     gen.add_argument("--until", type=_instant, default=None, help="emit up to this simulated instant (ISO, UTC)")
@@ -354,16 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     demo = sub.add_parser("demo", help="the main job end to end on local defaults")
-    _add_config_args(demo)
+    add_config_args(demo)
     _add_generator_args(demo)
     demo.set_defaults(func=cmd_demo, pace="fast")
 
     show = sub.add_parser("config", help="validate a config and print it")
-    _add_config_args(show)
+    add_config_args(show)
     show.set_defaults(func=cmd_config)
 
     dash = sub.add_parser("dashboard", help="write the KPI dashboard over the gold tables as one offline HTML page")
-    _add_config_args(dash)
+    add_config_args(dash)
     dash.add_argument("--out", type=Path, default=Path("data/dashboard.html"), help="the HTML file to write")
     dash.add_argument(
         "--lakeview",
@@ -379,13 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     as_of_help = "reference date of user_bins (YYYY-MM-DD), as the run used it; default today (UTC)"
     check = sub.add_parser("verify", help="compare silver and gold with a batch recomputation from bronze")
-    _add_config_args(check)
+    add_config_args(check)
     check.add_argument("--as-of", default=None, help=as_of_help)
     check.add_argument("--examples", type=int, default=5, help="example keys shown per table and kind of difference")
     check.set_defaults(func=_cmd_verify)
 
     redo = sub.add_parser("rebuild", help="empty silver and gold and derive them again from bronze (not Kafka)")
-    _add_config_args(redo)
+    add_config_args(redo)
     redo.add_argument("--yes", action="store_true", help="confirm: silver and gold tables and checkpoints are reset")
     redo.add_argument("--as-of", default=None, help=as_of_help)
     redo.add_argument(
@@ -396,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     redo.set_defaults(func=_cmd_rebuild)
 
     bench = sub.add_parser("bench", help="benchmark: drain a seeded backlog and a steady load, against baselines")
-    _add_config_args(bench)
+    add_config_args(bench)
     bench.add_argument("--scale", type=float, default=1.0, help="backlog size; 1.0 = about 1M heart-rate readings")
     bench.add_argument("--seed", type=int, default=42)
     bench.add_argument("--chaos", type=float, default=0.001, help="rate of bad/duplicate records in the backlog")
@@ -412,21 +380,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--driver-memory", default="2g")
     bench.add_argument("--keep", action="store_true", help="keep the run's work directory")
     bench.set_defaults(func=_cmd_bench)
+    # The output flags go before or after the command: `fitbit-stream --debug run` = `fitbit-stream run --debug`.
+    for command in sub.choices.values():
+        add_output_args(command, command=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_output(args)
     try:
         return int(args.func(args))
-    except FitbitStreamError as exc:
-        print(f"fitbit-stream: error: {exc}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as exc:
+        return report_error("fitbit-stream", exc, debug=args.debug)
 
 
 if __name__ == "__main__":

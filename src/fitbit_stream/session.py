@@ -8,14 +8,26 @@ settings (time zone, shuffle partitions, the runtime's own RocksDB state store p
 Either way, every credential the configuration references is checked (:meth:`AzureAuth.check`)
 before the session is handed out, so no query starts with a missing secret, and the ADLS Gen2
 OAuth settings of ``config.azure`` are set on the session.
+
+Quiet by default: a local session logs through a log4j2 configuration of its own (errors only, one
+line each; :func:`set_verbosity` brings Spark's WARN lines and the Java stack traces back), declares
+a FAIR scheduler pool per query (Spark warns about every pool a job names that is not declared),
+and leaves adaptive query execution off (streaming queries disable it, with a warning each).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import signal
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
+from xml.sax.saxutils import quoteattr
 
 from fitbit_stream.azure import AzureAuth
 from fitbit_stream.config import Config
@@ -28,16 +40,120 @@ __all__ = [
     "DATABRICKS_ROCKSDB_PROVIDER",
     "HDFS_STATE_STORE_PROVIDER",
     "OSS_ROCKSDB_PROVIDER",
+    "Verbosity",
     "configure_session",
+    "fair_scheduler_xml",
     "get_spark",
     "local_jars",
+    "log4j2_properties",
     "on_databricks",
     "quiet_py4j",
     "session_conf",
+    "set_verbosity",
     "state_store_provider",
 ]
 
 _JARS_ENV = "FITBIT_STREAM_JARS_DIR"
+
+#: How much of Spark's own logging a process shows: ``quiet`` (errors, one line each), ``verbose``
+#: (Spark's WARN lines too), ``debug`` (and the Java stack traces).
+Verbosity = Literal["quiet", "verbose", "debug"]
+_verbosity: Verbosity = "quiet"
+
+
+def set_verbosity(level: Verbosity) -> None:
+    """Spark's log level for the sessions this process builds (the CLI's ``--verbose``/``--debug``)."""
+    global _verbosity
+    _verbosity = level
+    quiet_py4j()
+
+
+#: The root log level of Spark's JVM per verbosity.
+_ROOT_LEVEL: dict[Verbosity, str] = {"quiet": "ERROR", "verbose": "WARN", "debug": "WARN"}
+
+#: A thread's stack in the driver JVM. When a query is stopped while its foreachBatch function runs,
+#: Spark tells the interruption apart from a failure by matching the Python traceback (which holds
+#: the whole Java stack trace) with a regex, ``(.|\n)*``, that recurses once per character: on the
+#: default 1 MB stack it overflows, the stream thread dies with a StackOverflowError and the JVM
+#: prints a thousand-line stack trace. 64 MB is reserved per thread, committed only as used.
+THREAD_STACK = "-Xss64m"
+
+
+def log4j2_properties(verbosity: Verbosity) -> str:
+    """The log4j2 configuration of a local session: Spark's own defaults, at ``verbosity``'s level.
+
+    Below ``debug`` a log line never carries a stack trace (``alwaysWriteExceptions=false``): a
+    failure reaches the user as one line from the pipeline, and ``--debug`` shows the trace.
+    """
+    traces = verbosity == "debug"
+    lines = [
+        "status = error",
+        "appender.console.type = Console",
+        "appender.console.name = console",
+        "appender.console.target = SYSTEM_ERR",
+        "appender.console.layout.type = PatternLayout",
+        "appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n" + ("%ex" if traces else ""),
+        f"appender.console.layout.alwaysWriteExceptions = {str(traces).lower()}",
+        f"rootLogger.level = {_ROOT_LEVEL[verbosity].lower()}",
+        "rootLogger.appenderRef.stdout.ref = console",
+        # pyspark's gateway counts as a shell: Spark gives the shell its logger's level (WARN when it
+        # has none) and says so on stderr ("Setting default log level ...") when it is not the root's.
+        "logger.gateway.name = org.apache.spark.api.python.PythonGatewayServer",
+        f"logger.gateway.level = {_ROOT_LEVEL[verbosity].lower()}",
+        # Spark's log4j2-defaults.properties: third-party loggers that are noisy at WARN.
+        "logger.jetty.name = org.sparkproject.jetty",
+        "logger.jetty.level = warn",
+        "logger.jetty2.name = org.sparkproject.jetty.util.component.AbstractLifeCycle",
+        "logger.jetty2.level = error",
+        "logger.metastore.name = org.apache.hadoop.hive.metastore.RetryingHMSHandler",
+        "logger.metastore.level = fatal",
+        "logger.metastore2.name = org.apache.hadoop.hive.metastore.ObjectStore",
+        "logger.metastore2.level = error",
+        "logger.parquet.name = org.apache.parquet.CorruptStatistics",
+        "logger.parquet.level = error",
+        "logger.parquet2.name = parquet.CorruptStatistics",
+        "logger.parquet2.level = error",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def fair_scheduler_xml(pools: Iterable[str]) -> str:
+    """A FAIR scheduler allocation file declaring one pool per name (equal weights, FIFO inside)."""
+    body = "".join(
+        f"  <pool name={quoteattr(name)}>\n"
+        "    <schedulingMode>FIFO</schedulingMode>\n"
+        "    <weight>1</weight>\n"
+        "    <minShare>0</minShare>\n"
+        "  </pool>\n"
+        for name in sorted(set(pools))
+    )
+    return f'<?xml version="1.0"?>\n<allocations>\n{body}</allocations>\n'
+
+
+def _pools() -> list[str]:
+    """Every query's pool: ``queries.scheduler_pool`` runs a query's jobs in the pool named after it."""
+    from fitbit_stream.topology import QUERIES
+
+    return [spec.name for spec in QUERIES]
+
+
+def _support_file(name: str, suffix: str, text: str) -> Path:
+    """``text`` in a per-user temporary file named after its content (written once, atomically)."""
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / f"fitbit-stream-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / f"{name}-{digest}{suffix}"
+    if not path.is_file():
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(path)
+    return path
+
+
+def _java_option(path: Path) -> str:
+    text = str(path)
+    return f'"{text}"' if " " in text else text
+
 
 #: The RocksDB state store has a different class on each platform; HDFS-backed is the same on both.
 OSS_ROCKSDB_PROVIDER = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
@@ -92,23 +208,62 @@ def _local_conf(config: Config) -> dict[str, str]:
         **session_conf(config),
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
-        # Queries share the cores evenly (each runs in its own pool, see pipeline._scheduler_pool).
+        # Queries share the cores evenly: each runs in its own pool (queries.scheduler_pool), declared
+        # here so that Spark does not warn about each one as it appears.
         "spark.scheduler.mode": "FAIR",
+        "spark.scheduler.allocation.file": str(_support_file("fairscheduler", ".xml", fair_scheduler_xml(_pools()))),
+        # Streaming queries turn adaptive execution off anyway (with a warning each); the batch steps
+        # are small enough that it gains nothing there either.
+        "spark.sql.adaptive.enabled": "false",
         # Delta replays its log with 50 tasks by default: far too many for one machine's tables.
         "spark.databricks.delta.snapshotPartitions": "2",
         "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
     }
     conf.update(config.spark_conf)
+    # Added to whatever the configuration sets, unless it sets them itself.
+    java = conf.get("spark.driver.extraJavaOptions", "")
+    if "log4j2.configurationFile" not in java:
+        log4j = _support_file("log4j2", ".properties", log4j2_properties(_verbosity))
+        java += f" -Dlog4j2.configurationFile={_java_option(log4j)}"
+    if "-Xss" not in java:
+        java += f" {THREAD_STACK}"
+    conf["spark.driver.extraJavaOptions"] = java.strip()
     return conf
 
 
 def quiet_py4j() -> None:
     """Keep py4j's wire log off: at DEBUG it echoes every string sent to the JVM, secrets included,
-    and at INFO it logs every call back from the JVM (each streaming progress event)."""
+    and at INFO it logs every call back from the JVM (each streaming progress event).
+
+    Below ``debug`` verbosity, py4j's own report of an exception raised in a callback (a
+    foreachBatch function, a listener) is off too: it is a Python traceback holding a Java one, and
+    the failure reaches the user anyway, as the query's error.
+    """
     py4j = logging.getLogger("py4j")
     if py4j.getEffectiveLevel() < logging.WARNING:
         py4j.setLevel(logging.WARNING)
+    logging.getLogger("py4j.clientserver").setLevel(logging.ERROR if _verbosity == "debug" else logging.CRITICAL)
+
+
+@contextmanager
+def _jvm_ignores_sigterm() -> Iterator[None]:
+    """Start the driver JVM with SIGTERM ignored (the JVM keeps an ignored SIGTERM ignored).
+
+    Python owns the run: a SIGTERM sent to the whole process group (a service manager, a container
+    stop) then stops the queries cleanly through Python's handler, instead of also running the JVM's
+    shutdown hooks under the running queries (their stack traces, a half-written batch). The JVM
+    still exits with Python: pyspark's gateway ends when its stdin closes. (pyspark already starts
+    it with SIGINT ignored, for Ctrl-C.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _require_delta(spark: SparkSession) -> None:
@@ -152,14 +307,17 @@ def get_spark(config: Config, *, master: str = "local[*]", auth: AzureAuth | Non
 
     # Before the JVM starts: a missing secret fails in a second, not after the session is up.
     quiet_py4j()
-    auth.check()
+    if not auth.checked:
+        auth.check()
     builder = SparkSession.builder.appName(config.app_name)
     if not _under_spark_submit():
         builder = builder.master(master)
     for key, value in _local_conf(config).items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    with _jvm_ignores_sigterm():
+        spark = builder.getOrCreate()
+    # A JVM started without the configuration above (spark-submit, an earlier session) gets the level.
+    spark.sparkContext.setLogLevel(_ROOT_LEVEL[_verbosity])
     if _under_spark_submit():
         _require_delta(spark)
     configure_session(spark, config, auth)
