@@ -743,17 +743,19 @@
     return plot;
   }
 
+  const count = (n, one, many) => `${f0(n)} ${n === 1 ? one : many}`;
   const backlog = (r) => {
     const parts = [];
-    if (r.backlog_offsets !== null) parts.push(`${f0(r.backlog_offsets)} offsets`);
-    if (r.backlog_files !== null) parts.push(`${f0(r.backlog_files)} files`);
+    if (r.backlog_offsets !== null) parts.push(count(r.backlog_offsets, 'offset', 'offsets'));
+    if (r.backlog_files !== null) parts.push(count(r.backlog_files, 'file', 'files'));
     return parts.join(', ') || '–';
   };
   const seconds = (ms) => (missingValue(ms) ? '–' : (ms / 1000).toFixed(1));
 
   function renderHealth() {
     const health = DATA.health;
-    const progress = health ? health.progress : [];
+    // A batch without a time cannot be placed on a time axis (the recorder always writes one).
+    const progress = health ? health.progress.filter((r) => !missingValue(r.time_ms)) : [];
     const byQuery = [...groupBy(progress, (r) => r.query_name)].sort((a, b) => byLabel(a[0], b[0]));
     const colour = new Map(byQuery.map(([q], i) => [q, PALETTE[i % PALETTE.length]]));
 
@@ -880,7 +882,7 @@
       status.dataset.state = state;
       status.textContent = text;
     };
-    say('live', '· live');
+    say('wait', '· connecting');
     const poll = async () => {
       try {
         const headers = DATA.version ? { 'If-None-Match': `"${DATA.version}"` } : {};
@@ -891,7 +893,11 @@
           document.getElementById('generated').textContent = DATA.generated_at;
           refreshFilters();
           render();
-        } else if (res.status !== 304) {
+        } else if (res.status === 304) {
+          // Read the empty body to its end: a response left unread is cancelled when collected,
+          // which the browser reports as a failed request.
+          await res.arrayBuffer();
+        } else {
           throw new Error(`HTTP ${res.status}`);
         }
         say('live', '· live');
