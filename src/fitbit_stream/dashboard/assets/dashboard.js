@@ -599,15 +599,18 @@
     }).sort(byMember);
   }
 
-  // Every day from the first to the last with data, days without any at zero.
+  // Every day from the first to the last with data, days without any at zero. Over more than a
+  // year (a stray date far from the rest), only the days with data: a gap of years is no trend.
   function daily(workouts, visits) {
-    const dates = [...workouts, ...visits].map((r) => r.date).sort();
+    const dates = [...new Set([...workouts, ...visits].map((r) => r.date))].sort();
     if (!dates.length) return [];
     const w = groupBy(workouts, (r) => r.date);
     const v = groupBy(visits, (r) => r.date);
+    const first = dayNumber(dates[0]);
+    const last = dayNumber(dates[dates.length - 1]);
+    const days = last - first <= 400 ? Array.from({ length: last - first + 1 }, (_, i) => isoDay(first + i)) : dates;
     const out = [];
-    for (let n = dayNumber(dates[0]); n <= dayNumber(dates[dates.length - 1]); n += 1) {
-      const day = isoDay(n);
+    for (const day of days) {
       const ws = w.get(day) || [];
       const vs = v.get(day) || [];
       out.push({
@@ -884,6 +887,11 @@
     };
     say('wait', '· connecting');
     const poll = async () => {
+      // A tab in the background asks nothing; it catches up at its first poll once shown.
+      if (document.hidden) {
+        setTimeout(poll, every);
+        return;
+      }
       try {
         const headers = DATA.version ? { 'If-None-Match': `"${DATA.version}"` } : {};
         const res = await fetch(api, { headers, cache: 'no-store' });
