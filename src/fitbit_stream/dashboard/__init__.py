@@ -1,6 +1,9 @@
-"""KPI dashboards over the gold tables: an offline HTML page and a Databricks Lakeview definition.
+"""KPI dashboards over the gold tables: an HTML page and a Databricks Lakeview definition.
 
-Both show the same KPIs (:mod:`.kpis`) over the same datasets (:mod:`.datasets`).
+Both show the same KPIs (:mod:`.kpis`) over the same datasets (:mod:`.datasets`). The HTML page is
+written as an offline file or served live (:mod:`.server`, ``dashboard --serve``), where it
+refreshes as the tables' Delta versions move (:mod:`.live`) and adds the pipeline's health
+(:mod:`.health`).
 """
 
 from __future__ import annotations
