@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test unit e2e lint wheel bench platform-up platform-down clean
+.PHONY: setup demo test check unit integration e2e lint wheel bench platform-up platform-down clean
 
 setup:
 	./scripts/setup.sh
@@ -16,8 +16,24 @@ test:
 	./scripts/setup.sh --with-postgres
 	./scripts/test.sh
 
+# The tiers (tests/conftest.py files each test by where it lives and what it needs):
+#   check        no Spark: config, CLI, packaging, the reference oracle           (about a minute)
+#   unit         check + Spark on literal rows, one shared session                (a few minutes)
+#   integration  whole-pipeline runs on local Delta tables
+#   e2e          the real Kafka broker, PostgreSQL and Chromium; ground truth, faults
+# `make test` runs all four.
+check: setup
+	$(BIN)/pytest tests/unit -m check -q
+
 unit: setup
 	$(BIN)/pytest tests/unit -q
+
+integration: setup
+	$(BIN)/pytest tests/integration -q
+
+e2e:
+	./scripts/setup.sh --with-postgres
+	$(BIN)/pytest tests/e2e -q
 
 lint: setup
 	$(BIN)/ruff check src tests entrypoints

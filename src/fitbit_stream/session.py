@@ -46,7 +46,6 @@ __all__ = [
     "get_spark",
     "local_jars",
     "log4j2_properties",
-    "on_databricks",
     "quiet_py4j",
     "session_conf",
     "set_verbosity",
@@ -132,9 +131,9 @@ def fair_scheduler_xml(pools: Iterable[str]) -> str:
 
 def _pools() -> list[str]:
     """Every query's pool: ``queries.scheduler_pool`` runs a query's jobs in the pool named after it."""
-    from fitbit_stream.topology import QUERIES
+    from fitbit_stream.topology import ALL_QUERIES
 
-    return [spec.name for spec in QUERIES]
+    return [spec.name for spec in ALL_QUERIES]
 
 
 def _support_file(name: str, suffix: str, text: str) -> Path:
@@ -159,10 +158,6 @@ def _java_option(path: Path) -> str:
 OSS_ROCKSDB_PROVIDER = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
 DATABRICKS_ROCKSDB_PROVIDER = "com.databricks.sql.streaming.state.RocksDBStateStoreProvider"
 HDFS_STATE_STORE_PROVIDER = "org.apache.spark.sql.execution.streaming.state.HDFSBackedStateStoreProvider"
-
-
-def on_databricks() -> bool:
-    return "DATABRICKS_RUNTIME_VERSION" in os.environ
 
 
 def _under_spark_submit() -> bool:

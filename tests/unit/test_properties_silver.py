@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
+from fitbit_stream import topology
 from fitbit_stream.config import Config, load_config
 from fitbit_stream.io.derived import DERIVED, change_stream
 from fitbit_stream.io.silver import TopicWriter
@@ -371,7 +372,7 @@ def run_writers(spark: SparkSession, config: Config, batches: Sequence[Sequence[
                 writers[kind](_bronze(spark, mine, LOAD + timedelta(minutes=i)), batch_ids[kind])
                 batch_ids[kind] += 1
         query = (
-            change_stream(spark, tables, spec.inputs)
+            change_stream(spark, tables, topology.query("derived_workout_bpm").reads)
             .writeStream.queryName("derived_workout_bpm")
             .foreachBatch(spec.make_writer(tables))
             .option("checkpointLocation", tables.checkpoint("derived_workout_bpm"))

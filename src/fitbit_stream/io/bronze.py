@@ -46,7 +46,8 @@ from pyspark.sql.types import IntegerType, LongType, StringType, StructField, St
 from fitbit_stream.azure import auth_for
 from fitbit_stream.config import Config
 from fitbit_stream.errors import PipelineError, SourceError
-from fitbit_stream.io.guard import checkpoint_id, initial_offsets, is_local, read_checkpoint, source_offsets
+from fitbit_stream.io.guard import initial_offsets, is_local, read_checkpoint, source_offsets
+from fitbit_stream.io.ingest import IngestWriter
 from fitbit_stream.io.merge import insert_if_absent
 from fitbit_stream.io.sources import (
     CORRUPT_LINE,
@@ -108,21 +109,6 @@ KAFKA_GAPS = StructType(
 )
 
 Partition = tuple[str, int]
-
-
-def _start(
-    tables: Tables, ref: TableRef, writer_source: DataFrame, query_name: str, trigger: Trigger
-) -> StreamingQuery:
-    writer = (
-        writer_source.writeStream.format("delta")
-        .queryName(query_name)
-        .outputMode("append")
-        .option("checkpointLocation", tables.checkpoint(query_name))
-        .partitionBy("topic", "week_part")
-    )
-    # pyspark's overloads take exactly one typed keyword each; a Trigger holds one of them.
-    writer = writer.trigger(**trigger)  # type: ignore[call-overload]
-    return tables.start_stream(writer, ref)
 
 
 # --- Kafka ---------------------------------------------------------------------------------------
@@ -252,7 +238,14 @@ def start_kafka_bronze(spark: SparkSession, config: Config, *, trigger: Trigger)
     source = read_kafka_stream(spark, config, starting_offsets=starting).transform(
         kafka_to_bronze, load_time=F.current_timestamp()
     )
-    return _start(tables, ref, source, KAFKA_BRONZE_QUERY, trigger)
+    writer = (
+        source.writeStream.queryName(KAFKA_BRONZE_QUERY)
+        .foreachBatch(IngestWriter(spark, config, KAFKA_BRONZE_QUERY))
+        .option("checkpointLocation", tables.checkpoint(KAFKA_BRONZE_QUERY))
+    )
+    writer = writer.trigger(**trigger)  # type: ignore[call-overload]
+    query: StreamingQuery = writer.start()
+    return query
 
 
 # --- landing files -------------------------------------------------------------------------------
@@ -272,66 +265,36 @@ def _landing_problem() -> Column:
     )
 
 
-class LandingWriter:
-    """``foreachBatch`` of the landing query: records to bronze (idempotent append), bad lines to quarantine."""
+class LandingLines:
+    """``prepare`` of the landing ingest: lines that are not records go to the quarantine (with
+    their raw text and why), the others become bronze-shaped rows."""
 
-    def __init__(self, spark: SparkSession, config: Config, *, resume: bool) -> None:
+    def __init__(self, spark: SparkSession, config: Config) -> None:
         self.tables = Tables(config)
-        self.bronze = self.tables.ensure(spark, "kafka_multiplex_bz")
         self.quarantine = self.tables.ensure(spark, "quarantine")
-        self.location = self.tables.checkpoint(LANDING_BRONZE_QUERY)
-        self.resume = resume
-        self._app_id: str | None = None
 
-    def app_id(self, spark: SparkSession) -> str:
-        # Spark writes the checkpoint's metadata before the first batch; its id changes with the
-        # checkpoint, so a new checkpoint's batch 0 is never mistaken for the old one's.
-        if self._app_id is None:
-            self._app_id = checkpoint_id(spark, self.location)
-            if self._app_id is None:
-                raise PipelineError(f"landing bronze: no checkpoint metadata in {self.location}")
-        return self._app_id
-
-    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+    def __call__(self, batch: DataFrame) -> DataFrame:
         spark = batch.sparkSession
-        checked = batch.withColumn("_problem", _landing_problem()).persist()
-        try:
-            bad = checked.where(F.col("_problem").isNotNull()).select(
-                "key",
-                F.col(RAW_LINE).alias("value"),
-                "topic",
-                "partition",
-                "offset",
-                epoch_seconds_to_timestamp(F.col("timestamp")).alias("timestamp"),
-                F.lit(MALFORMED_JSON).alias("reason"),
-                F.concat(
-                    F.lit("landing line: "), F.col("_problem"), F.lit(" (file "), F.col(SOURCE_FILE), F.lit(")")
-                ).alias("detail"),
-                F.current_timestamp().alias("quarantined_at"),
-            )
-            bad = bad.select(*(F.col(f.name).cast(f.dataType) for f in QUARANTINE.fields))
-            if not bad.isEmpty():  # the usual case: no MERGE (and no empty quarantine commit) per batch
-                # Such a line may have no coordinates at all: its raw text tells it apart.
-                keys = ("topic", "partition", "offset", "value")
-                insert_if_absent(spark, self.tables, self.quarantine, bad, keys=keys)
-            good = checked.where(F.col("_problem").isNull()).transform(
-                landing_to_bronze, load_time=F.current_timestamp()
-            )
-            if self.resume:
-                held = self.tables.read(spark, self.bronze).select("topic", "partition", "offset")
-                good = good.join(held, ["topic", "partition", "offset"], "left_anti")
-            writer = (
-                good.write.format("delta")
-                .mode("append")
-                .option("txnAppId", self.app_id(spark))
-                .option("txnVersion", str(batch_id))
-            )
-            if self.bronze.path:
-                writer.save(self.bronze.path)
-            else:
-                writer.saveAsTable(str(self.bronze.qualified_name))
-        finally:
-            checked.unpersist()
+        checked = batch.withColumn("_problem", _landing_problem())
+        bad = checked.where(F.col("_problem").isNotNull()).select(
+            "key",
+            F.col(RAW_LINE).alias("value"),
+            "topic",
+            "partition",
+            "offset",
+            epoch_seconds_to_timestamp(F.col("timestamp")).alias("timestamp"),
+            F.lit(MALFORMED_JSON).alias("reason"),
+            F.concat(
+                F.lit("landing line: "), F.col("_problem"), F.lit(" (file "), F.col(SOURCE_FILE), F.lit(")")
+            ).alias("detail"),
+            F.current_timestamp().alias("quarantined_at"),
+        )
+        bad = bad.select(*(F.col(f.name).cast(f.dataType) for f in QUARANTINE.fields))
+        if not bad.isEmpty():  # the usual case: no MERGE (and no empty quarantine commit) per batch
+            # Such a line may have no coordinates at all: its raw text tells it apart.
+            keys = ("topic", "partition", "offset", "value")
+            insert_if_absent(spark, self.tables, self.quarantine, bad, keys=keys)
+        return checked.where(F.col("_problem").isNull()).transform(landing_to_bronze, load_time=F.current_timestamp())
 
 
 def start_landing_bronze(spark: SparkSession, config: Config, *, trigger: Trigger) -> StreamingQuery:
@@ -348,7 +311,9 @@ def start_landing_bronze(spark: SparkSession, config: Config, *, trigger: Trigge
     writer = (
         read_landing_stream(spark, config)
         .writeStream.queryName(LANDING_BRONZE_QUERY)
-        .foreachBatch(LandingWriter(spark, config, resume=resume))
+        .foreachBatch(
+            IngestWriter(spark, config, LANDING_BRONZE_QUERY, prepare=LandingLines(spark, config), resume=resume)
+        )
         .option("checkpointLocation", location)
     )
     writer = writer.trigger(**trigger)  # type: ignore[call-overload]

@@ -20,9 +20,14 @@ from pyspark.sql import functions as F
 from fitbit_stream.io.merge import replace_scopes
 from fitbit_stream.io.tables import Tables
 from fitbit_stream.transforms.gold_bpm import workout_bpm_summary
-from fitbit_stream.transforms.gold_gym import OCCUPANCY_KEY, affected_hours, gym_occupancy, gym_summary
-from fitbit_stream.transforms.gold_gym import VISIT_KEY as GOLD_VISIT_KEY
-from fitbit_stream.transforms.workouts import SESSION_KEY, workout_bpm
+from fitbit_stream.transforms.gold_gym import (
+    GYM_SUMMARY_KEY,
+    OCCUPANCY_KEY,
+    affected_hours,
+    gym_occupancy,
+    gym_summary,
+)
+from fitbit_stream.transforms.workouts import SESSION_KEY, sessions_near_readings, workout_bpm
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -52,9 +57,11 @@ def _project(df: DataFrame, source: str) -> DataFrame:
     return df.select(*cols)
 
 
-def change_stream(spark: SparkSession, tables: Tables, inputs: tuple[str, ...]) -> DataFrame:
+def change_stream(spark: SparkSession, tables: Tables, inputs: tuple[str, ...], **options: str) -> DataFrame:
     """The union of the change feeds of ``inputs`` (pre- and post-images included)."""
-    feeds = [_project(tables.read_stream(spark, tables.ref(name), readChangeFeed="true"), name) for name in inputs]
+    feeds = [
+        _project(tables.read_stream(spark, tables.ref(name), readChangeFeed="true", **options), name) for name in inputs
+    ]
     return reduce(lambda a, b: a.unionByName(b), feeds)
 
 
@@ -83,8 +90,9 @@ def _within(df: DataFrame, column: str, bounds: tuple[str, str] | None) -> DataF
 
 @dataclass(frozen=True)
 class DerivedSpec:
+    """The writer of one derived table; the query's inputs are declared in ``topology``."""
+
     name: str
-    inputs: tuple[str, ...]
     make_writer: Callable[[Tables], Callable[[DataFrame, int], None]]
 
 
@@ -111,7 +119,10 @@ def _workout_bpm_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
         completed = tables.read(spark, tables.ref("completed_workouts"))
         heart_rate = tables.read(spark, tables.ref("heart_rate"))
         readings = batch.filter(F.col("_source") == "heart_rate").select("device_id", "time", "heartrate", "valid")
-        by_reading = workout_bpm(completed, readings, users).select(*SESSION_KEY)
+        # The sessions the new readings may fall in, by equi-joins over one row per device: a
+        # superset of those holding one, whose extra members recompute to the rows they have (one
+        # band join per batch, the recompute's, instead of a second over the whole table).
+        by_reading = sessions_near_readings(completed, readings, users)
         by_session = _from(batch, "completed_workouts", *SESSION_KEY)
         by_user = completed.join(_from(batch, "users", "user_id"), ["user_id"], "left_semi").select(*SESSION_KEY)
         scopes = by_reading.unionByName(by_session).unionByName(by_user).distinct().persist()
@@ -193,7 +204,7 @@ def _gym_summary_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
         )
         try:
             rows = gym_summary(visits.join(macs, ["mac_address"], "left_semi"), users, completed)
-            replace_scopes(spark, tables, target, rows, scopes=macs, scope_keys=["mac_address"], keys=GOLD_VISIT_KEY)
+            replace_scopes(spark, tables, target, rows, scopes=macs, scope_keys=["mac_address"], keys=GYM_SUMMARY_KEY)
         finally:
             macs.unpersist()
 
@@ -217,14 +228,10 @@ def _gym_occupancy_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
     return _cached(write)
 
 
-#: The derived queries in dependency order: workout_bpm feeds workout_bpm_summary.
+#: The writers of the derived tables, by table name.
 DERIVED: tuple[DerivedSpec, ...] = (
-    DerivedSpec("workout_bpm", ("heart_rate", "completed_workouts", "users"), _workout_bpm_writer),
-    DerivedSpec(
-        "workout_bpm_summary",
-        ("completed_workouts", "workout_bpm", "user_profile_history"),
-        _workout_bpm_summary_writer,
-    ),
-    DerivedSpec("gym_summary", ("gym_logs", "users", "completed_workouts"), _gym_summary_writer),
-    DerivedSpec("gym_occupancy", ("gym_logs",), _gym_occupancy_writer),
+    DerivedSpec("workout_bpm", _workout_bpm_writer),
+    DerivedSpec("workout_bpm_summary", _workout_bpm_summary_writer),
+    DerivedSpec("gym_summary", _gym_summary_writer),
+    DerivedSpec("gym_occupancy", _gym_occupancy_writer),
 )

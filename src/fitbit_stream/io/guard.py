@@ -77,7 +77,9 @@ from pyspark.sql.types import StringType, StructField, StructType, TimestampType
 from fitbit_stream.config import Config
 from fitbit_stream.errors import PipelineError
 from fitbit_stream.io.merge import replace_scopes
-from fitbit_stream.platform import pid_alive
+from fitbit_stream.io.tables import is_uri
+from fitbit_stream.processes import pid_alive
+from fitbit_stream.topology import ALL_QUERIES
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -114,24 +116,12 @@ CHECKPOINT_REGISTRY = StructType(
 )
 
 #: The tables a query's committed batches leave rows in (evidence that it ran before).
-QUERY_OUTPUTS: Mapping[str, tuple[str, ...]] = {
-    "bronze_kafka_multiplex": ("kafka_multiplex_bz",),
-    "bronze_landing_multiplex": ("kafka_multiplex_bz",),
-    "silver_user_info": ("user_profile_history",),
-    "silver_bpm": ("heart_rate",),
-    "silver_workout": ("workouts",),
-    "silver_users": ("users",),
-    "silver_gym_logs": ("gym_logs",),
-    "derived_workout_bpm": ("workout_bpm",),
-    "derived_workout_bpm_summary": ("workout_bpm_summary",),
-    "derived_gym_summary": ("gym_summary",),
-    "derived_gym_occupancy": ("gym_occupancy",),
-}
+QUERY_OUTPUTS: Mapping[str, tuple[str, ...]] = {q.name: q.evidence for q in ALL_QUERIES if q.streaming}
 
 
 def is_local(location: str) -> bool:
-    """Whether Python's own file API reaches ``location`` (a path, not a URL such as abfss://)."""
-    return "://" not in location and not location.startswith("dbfs:")
+    """Whether Python's own file API reaches ``location`` (a path, not a URI such as abfss://)."""
+    return not is_uri(location)
 
 
 # --- reading a checkpoint ------------------------------------------------------------------------

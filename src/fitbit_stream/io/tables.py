@@ -22,7 +22,16 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming.readwriter import DataStreamReader, DataStreamWriter
     from pyspark.sql.types import StructType
 
-__all__ = ["TableRef", "Tables", "create_if_absent", "delta_table", "read_table", "table_exists"]
+__all__ = ["TableRef", "Tables", "create_if_absent", "delta_table", "is_uri", "read_table", "table_exists"]
+
+
+def is_uri(location: str) -> bool:
+    """Whether ``location`` is a URI (``abfss://``, ``s3://``, ``dbfs:``) rather than a path.
+
+    A path (local, or a Unity Catalog volume under ``/Volumes``, which Databricks mounts) is what
+    Python's own file API reaches; a URI only Spark's file systems do.
+    """
+    return "://" in location or location.startswith("dbfs:")
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,7 @@ class Tables:
     def checkpoint(self, query_name: str) -> str:
         """Each query has its own checkpoint directory (sharing one corrupts both)."""
         root = self._config.storage.checkpoint_root
-        if "://" in root or root.startswith("/Volumes/"):
+        if is_uri(root):
             return f"{root.rstrip('/')}/{query_name}"
         return str(Path(root).absolute() / query_name)
 

@@ -2,17 +2,6 @@
 
 from __future__ import annotations
 
-import os
+from fitbit_stream.processes import pid_alive
 
 __all__ = ["pid_alive"]
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host (owned by anyone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

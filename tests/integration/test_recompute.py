@@ -26,9 +26,11 @@ from fitbit_stream.errors import PipelineError
 from fitbit_stream.io.silver import TopicWriter
 from fitbit_stream.io.tables import Tables
 from fitbit_stream.pipeline import Pipeline
-from fitbit_stream.recompute import COMPARED_TABLES, rebuild, recompute, verify
+from fitbit_stream.rebuild import rebuild
+from fitbit_stream.recompute import COMPARED_TABLES, recompute
 from fitbit_stream.schemas import KAFKA_MULTIPLEX_BZ, QUARANTINE
 from fitbit_stream.transforms.dates import week_part
+from fitbit_stream.verify import verify
 
 AS_OF = date(2025, 6, 1)
 LOAD = datetime(2025, 3, 3, 12, 0)
@@ -68,6 +70,8 @@ def overrides(tmp_path: Path, spark_config: Config) -> list[str]:
         f"landing.path={tmp_path / 'landing'}",
         f"sql.url=jdbc:sqlite:{db}",
         "streaming.shuffle_partitions=1",
+        # records are written to bronze directly: the topic queries read them into silver
+        "streaming.mode=layered",
     ]
 
 
@@ -277,7 +281,7 @@ def test_verify_alter_rebuild(
 
     checkpoints = Path(world.storage.checkpoint_root)
     with monkeypatch.context() as patch:
-        patch.setattr("fitbit_stream.recompute.TopicWriter", Crashing)
+        patch.setattr("fitbit_stream.queries.TopicWriter", Crashing)
         with pytest.raises(PipelineError, match="silver_bpm"):
             rebuild(spark, world, as_of=AS_OF)
     # the old checkpoints wait in the trash, bronze's stays, new ones have started

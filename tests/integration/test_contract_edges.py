@@ -154,6 +154,8 @@ def world(tmp_path: Path, spark_config: Config) -> tuple[Config, Path]:
             f"landing.path={tmp_path / 'landing'}",
             f"sql.url=jdbc:sqlite:{db}",
             "streaming.shuffle_partitions=1",
+            # records are written to bronze directly: the topic queries read them into silver
+            "streaming.mode=layered",
         ],
     )
     return config, db

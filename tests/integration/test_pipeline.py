@@ -23,8 +23,9 @@ from pyspark.sql import functions as F
 from fitbit_stream.config import Config, load_config
 from fitbit_stream.errors import PipelineError
 from fitbit_stream.io.tables import Tables
-from fitbit_stream.pipeline import ALL_LAYERS, Pipeline, waves
+from fitbit_stream.pipeline import Pipeline, waves
 from fitbit_stream.schemas import KAFKA_MULTIPLEX_BZ
+from fitbit_stream.topology import ALL_JOBS, QuerySpec
 from fitbit_stream.transforms.dates import week_part
 
 D = datetime(2025, 3, 3)
@@ -63,6 +64,8 @@ def world(tmp_path: Path, spark_config: Config) -> Config:
             f"landing.path={tmp_path / 'landing'}",
             f"sql.url=jdbc:sqlite:{db}",
             "streaming.shuffle_partitions=1",
+            # records are written to bronze directly: the topic queries read them into silver
+            "streaming.mode=layered",
         ],
     )
 
@@ -317,7 +320,9 @@ def test_layers_run_in_order_and_progress_is_persisted(spark: SparkSession, worl
     assert rows["silver_users"] == (1, 1)
     assert rows["silver_gym_logs"] == (1, 1)
     assert set(rows) >= {"derived_workout_bpm", "derived_workout_bpm_summary", "derived_gym_summary"}
-    assert any(line.startswith("silver_bpm batch 0: 3 rows") for line in shown)
+    # one line per query: rows read, rows each table gained
+    assert any(line.startswith("silver_bpm: read 3 rows; wrote heart_rate +2 (") for line in shown), shown
+    assert any(line.startswith("silver_users: read 1 rows; wrote users +1 (") for line in shown), shown
     # a run with nothing new adds progress rows but never duplicates one (key: run_id, batch_id)
     assert progress.count() == progress.select("run_id", "batch_id").distinct().count()
     with pytest.raises(PipelineError, match="unknown layer"):
@@ -356,7 +361,7 @@ def test_tombstones_older_than_the_retention_are_purged_and_stay_effective(spark
 
 
 def test_a_failed_query_surfaces_as_a_pipeline_error(spark: SparkSession, tmp_path: Path) -> None:
-    from fitbit_stream.pipeline import _await
+    from fitbit_stream.queries import await_query
 
     source = str(tmp_path / "source")
     spark.createDataFrame([(1,)], "n int").write.format("delta").save(source)
@@ -375,7 +380,7 @@ def test_a_failed_query_surfaces_as_a_pipeline_error(spark: SparkSession, tmp_pa
     )
     try:
         with pytest.raises(PipelineError, match=r"(?s)query 'doomed' failed: .*poison batch 7") as info:
-            _await(query)
+            await_query(query)
         assert "JVM stacktrace" not in str(info.value)
     finally:
         query.stop()
@@ -387,7 +392,7 @@ def test_a_drain_runs_independent_queries_side_by_side_and_never_before_their_in
     config = world.model_copy(update={"kafka": world.kafka.model_copy(update={"enabled": True})})
     pipeline = Pipeline(spark, config)
     once = {"availableNow": True}
-    assert waves(pipeline._steps(ALL_LAYERS, once, None)) == [
+    assert waves(pipeline._steps(ALL_JOBS, once, None)) == [
         ["bronze_kafka_multiplex", "bronze_sql"],
         ["bronze_landing_multiplex", "silver_users", "silver_gym_logs"],
         ["silver_user_info", "silver_bpm", "silver_workout", "derived_gym_occupancy"],
@@ -421,7 +426,7 @@ def test_date_lookup_reads_only_the_rows_written_since_it_last_looked(
     monkeypatch.setattr(
         tables, "read_changes", lambda s, ref, **v: changes.append((ref.name, v)) or real_changes(s, ref, **v)
     )
-    pipeline.refresh_date_lookup()
+    pipeline.tail.refresh_date_lookup()
     # bronze changed (one append): only its change feed is read, every other input is unchanged
     assert [name for name, _ in changes] == ["kafka_multiplex_bz"]
     assert changes[0][1]["through"] == changes[0][1]["after"] + 1
@@ -445,13 +450,13 @@ def test_run_continuously_reaches_gold_with_its_own_derived_trigger_and_stops_cl
     Bronze(spark, config).add(session_with_a_reading())
     pipeline = Pipeline(spark, config)
     triggers: dict[str, object] = {}
-    started = pipeline._foreach_batch
+    started = pipeline.queries.start
 
-    def record(name: str, source: DataFrame, writer: object, trigger: dict[str, object]) -> object:
-        triggers[name] = trigger
-        return started(name, source, writer, trigger)  # type: ignore[arg-type]
+    def record(spec: QuerySpec, trigger: dict[str, object], **kwargs: object) -> object:
+        triggers[spec.name] = trigger
+        return started(spec, trigger, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pipeline, "_foreach_batch", record)
+    monkeypatch.setattr(pipeline.queries, "start", record)
     stop, failures = threading.Event(), []
 
     def run() -> None:

@@ -1,0 +1,175 @@
+"""Ingest: one micro-batch of records from a source writes the silver topic tables, then bronze.
+
+The Kafka query and the landing query each run an :class:`IngestWriter`: per micro-batch, the
+records of each topic present go through that topic's silver writer (parse, ``future``, ``late``,
+quarantine, MERGE; :class:`~fitbit_stream.io.silver.TopicWriter`), the topics side by side, and
+then the whole batch is appended to ``kafka_multiplex_bz``. A reading is in silver one batch after
+it is in Kafka, not two (no second query reading bronze back), and a batch with nothing for a
+table commits nothing to it.
+
+Exactly once:
+- Silver writes are idempotent (insert-if-absent on the table key, CDC re-derivation), and the
+  ``late`` threshold of a batch is kept per (query, topic, batch id), so a replayed batch writes the
+  same rows or nothing.
+- The bronze append is idempotent by Delta's ``txnAppId`` (the checkpoint's id) and ``txnVersion``
+  (the batch id): a replayed batch appends nothing the second time.
+- Bronze is written last: when bronze holds a record, its silver writes have committed. A new
+  checkpoint (``--reset-checkpoints``) resumes after what bronze holds (Kafka: after the greatest
+  offset per partition; landing: skipping the records bronze holds), so nothing bronze holds is
+  missing from silver and nothing is read twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from pyspark import inheritable_thread_target
+from pyspark.sql import functions as F
+
+from fitbit_stream.config import Config
+from fitbit_stream.errors import PipelineError
+from fitbit_stream.io.guard import checkpoint_id
+from fitbit_stream.io.silver import TopicWriter
+from fitbit_stream.io.tables import TableRef, Tables
+from fitbit_stream.topology import KINDS, queries
+from fitbit_stream.transforms.parse import PayloadKind
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+__all__ = ["KINDS", "BronzeAppend", "IngestWriter", "SilverTopics", "late_state_keys", "state_key"]
+
+log = logging.getLogger(__name__)
+
+
+def state_key(query: str, kind: PayloadKind) -> str:
+    """The ``late`` rule's state key of one topic within one ingest query (``_event_time_state.query``)."""
+    return f"{query}/{kind}"
+
+
+def late_state_keys(config: Config, kind: PayloadKind) -> list[str]:
+    """The state keys behind the ``late`` rule of a topic with this configuration: one per enabled
+    ingest query (``realtime``), or the topic query's (``layered``)."""
+    if config.streaming.mode == "layered":
+        return [f"silver_{kind}"]
+    on = {"kafka": config.kafka.enabled, "landing": config.landing.enabled}
+    return [state_key(q.name, kind) for q in queries("realtime") if on.get(q.source)]
+
+
+class BronzeAppend:
+    """Idempotent appends to ``kafka_multiplex_bz`` under one checkpoint's id."""
+
+    def __init__(self, spark: SparkSession, tables: Tables, location: str) -> None:
+        self.tables = tables
+        self.ref: TableRef = tables.ensure(spark, "kafka_multiplex_bz")
+        self.location = location
+        self._app_id: str | None = None
+
+    def app_id(self, spark: SparkSession) -> str:
+        # Spark writes the checkpoint's metadata before the first batch; its id changes with the
+        # checkpoint, so a new checkpoint's batch 0 is never mistaken for the old one's.
+        if self._app_id is None:
+            self._app_id = checkpoint_id(spark, self.location)
+            if self._app_id is None:
+                raise PipelineError(f"bronze: no checkpoint metadata in {self.location}")
+        return self._app_id
+
+    def __call__(self, rows: DataFrame, batch_id: int) -> None:
+        spark = rows.sparkSession
+        writer = (
+            rows.write.format("delta")
+            .mode("append")
+            .option("txnAppId", self.app_id(spark))
+            .option("txnVersion", str(batch_id))
+        )
+        if self.ref.path:
+            writer.save(self.ref.path)
+        else:
+            writer.saveAsTable(str(self.ref.qualified_name))
+
+
+class SilverTopics:
+    """The silver writers of the three topics, applied to bronze-shaped rows of any topics.
+
+    ``query`` names the ``late`` rule's state (one per topic and query, see :func:`state_key`).
+    """
+
+    def __init__(self, spark: SparkSession, config: Config, query: str) -> None:
+        topics = config.kafka.topics
+        self.kind_of: dict[str, PayloadKind] = {getattr(topics, kind): kind for kind in KINDS}
+        self.writers = {kind: TopicWriter(spark, config, kind, state_key(query, kind)) for kind in KINDS}
+
+    def __call__(self, rows: DataFrame, batch_id: int, *, present: set[str]) -> None:
+        """Write the topics in ``present`` (topic names) of ``rows``, side by side.
+
+        Each topic writes its own tables; the quarantine, which they share, retries Delta's
+        concurrent-commit conflicts. A topic's failure is raised once every topic has ended.
+        """
+        work: list[Callable[[], None]] = []
+        for topic, kind in self.kind_of.items():
+            if topic in present:
+                mine = rows.filter(F.col("topic") == topic)
+                work.append(lambda mine=mine, kind=kind: self.writers[kind](mine, batch_id))  # type: ignore[misc]
+        if len(work) == 1:
+            work[0]()
+            return
+        # The jobs of each thread keep the query's scheduler pool (a thread-local property).
+        with ThreadPoolExecutor(len(work) or 1) as pool:
+            futures = [pool.submit(inheritable_thread_target(rows.sparkSession)(step)) for step in work]
+            errors = [f.exception() for f in futures]
+        for error in errors:
+            if error is not None:
+                raise error
+
+
+class IngestWriter:
+    """``foreachBatch`` of an ingest query: bronze-shaped rows -> silver topic tables, then bronze.
+
+    ``prepare`` turns the source's micro-batch into bronze-shaped rows (and handles what is not a
+    record, such as a landing line that is not JSON); ``resume`` drops the records bronze already
+    holds (a landing query on a new checkpoint over a non-empty bronze).
+    """
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        config: Config,
+        query: str,
+        *,
+        prepare: Callable[[DataFrame], DataFrame] | None = None,
+        resume: bool = False,
+    ) -> None:
+        self.tables = Tables(config)
+        self.query = query
+        self.prepare = prepare
+        self.resume = resume
+        self.bronze = BronzeAppend(spark, self.tables, self.tables.checkpoint(query))
+        # ``layered`` mode: silver is the topic queries' job (they read bronze back).
+        self.silver = SilverTopics(spark, config, query) if config.streaming.mode == "realtime" else None
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        spark = batch.sparkSession
+        # Materialised once: ``prepare``, the silver writers and the bronze append see the same
+        # rows, and the source is read once per batch (its progress counts each record once).
+        source = batch.persist()
+        rows: DataFrame | None = None
+        try:
+            prepared = source if self.prepare is None else self.prepare(source)
+            if self.resume:
+                held = self.tables.read(spark, self.bronze.ref).select("topic", "partition", "offset")
+                prepared = prepared.join(held, ["topic", "partition", "offset"], "left_anti")
+            rows = prepared.persist()
+            present = {str(r["topic"]) for r in rows.select("topic").distinct().collect()}
+            if not present:
+                return
+            if self.silver is not None:
+                self.silver(rows, batch_id, present=present)
+            # Last: bronze holds a record only once its silver writes have committed.
+            self.bronze(rows, batch_id)
+        finally:
+            if rows is not None:
+                rows.unpersist()
+            source.unpersist()
