@@ -22,8 +22,8 @@ from fitbit_stream.config import Config
 from fitbit_stream.errors import PipelineError
 from fitbit_stream.io import guard
 from fitbit_stream.io.bronze import SqlIngestResult, Trigger, ingest_sql_sources
-from fitbit_stream.io.commits import Written, latest_version, written_since
-from fitbit_stream.io.progress import QUERY_PROGRESS, ProgressRecorder, stop_between_batches
+from fitbit_stream.io.commits import Written, caught_up, latest_version, written_since
+from fitbit_stream.io.progress import QUERY_PROGRESS, ProgressRecord, ProgressRecorder, stop_between_batches
 from fitbit_stream.io.tables import TableRef, Tables
 from fitbit_stream.queries import QueryFactory, await_query
 from fitbit_stream.schemas import TABLES
@@ -84,6 +84,10 @@ def _input_rows(query: StreamingQuery) -> int:
     return sum(int(p.get("numInputRows", 0)) for p in query.recentProgress)
 
 
+#: Sources whose progress a checkpoint records as Delta versions (see io.commits.caught_up).
+_DELTA_SOURCES = frozenset({"bronze_topic", "bronze_table", "change_feed"})
+
+
 @dataclass(frozen=True)
 class _Step:
     """One query (``start``) or batch step (``run``: returns rows and a message) of a drain."""
@@ -93,6 +97,8 @@ class _Step:
     writes: tuple[str, ...]
     start: Callable[[], StreamingQuery] | None = None
     run: Callable[[], tuple[int, str]] | None = None
+    #: True when the query has read everything its Delta inputs hold: a drain need not start it
+    idle: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -145,9 +151,11 @@ class Pipeline:
         self.progress_table = self.tables.ensure(spark, "_query_progress", schema=QUERY_PROGRESS, layer="ops")
 
     @contextmanager
-    def _recording(self, show: Callable[[str], None]) -> Iterator[ProgressRecorder]:
+    def _recording(
+        self, show: Callable[[str], None], on_progress: Callable[[ProgressRecord], None] | None = None
+    ) -> Iterator[ProgressRecorder]:
         """Progress of every query started inside: shown live, persisted to ``_query_progress``."""
-        recorder = ProgressRecorder(show=show)
+        recorder = ProgressRecorder(show=show, on_progress=on_progress)
         self.spark.streams.addListener(recorder)
         try:
             yield recorder
@@ -220,7 +228,8 @@ class Pipeline:
                 steps.append(_Step(spec.name, spec.reads, spec.writes, run=partial(self._tail, day)))
             else:
                 start = partial(self.queries.start, spec, trigger)
-                steps.append(_Step(spec.name, spec.reads, spec.writes, start=start))
+                idle = partial(self._caught_up, spec) if spec.source in _DELTA_SOURCES else None
+                steps.append(_Step(spec.name, spec.reads, spec.writes, start=start, idle=idle))
         return steps
 
     def _ingest_sql_step(self) -> tuple[int, str]:
@@ -234,6 +243,9 @@ class Pipeline:
     def _tail(self, as_of: date) -> tuple[int, str]:
         self.tail.run(as_of)
         return 0, f"{TAIL}: done"
+
+    def _caught_up(self, spec: QuerySpec) -> bool:
+        return caught_up(self.tables.checkpoint(spec.name), [self._ref(t) for t in spec.reads])
 
     def _ref(self, table: str) -> TableRef:
         return self.tables.ref(table, layer=INTERNAL_TABLES.get(table))
@@ -255,6 +267,7 @@ class Pipeline:
         as_of: date | None = None,
         layers: str | Collection[str] = ALL_JOBS,
         progress: Callable[[str], None] = log.info,
+        on_progress: Callable[[ProgressRecord], None] | None = None,
     ) -> RunReport:
         """Drain all available input through the selected layers (default all).
 
@@ -272,7 +285,7 @@ class Pipeline:
         # debug level (the continuous run shows them).
         with (
             self.exclusive(),
-            self._recording(lambda line: log.debug("%s", line)) as recorder,
+            self._recording(lambda line: log.debug("%s", line), on_progress) as recorder,
             ThreadPoolExecutor(2) as batch_steps,
         ):
             self.check_checkpoints(selected)
@@ -323,6 +336,12 @@ class Pipeline:
                             )
                             continue
                         assert step.start is not None
+                        if step.idle is not None and step.idle():
+                            # Nothing to read: starting it would only cost its start-up.
+                            ended.add(step.name)
+                            report.add(step.name, 0, 0.0)
+                            progress(f"{step.name}: nothing new since its last batch")
+                            continue
                         try:
                             running.append(_Running(step, started, self._versions(step), query=step.start()))
                         except Exception as exc:  # what already runs still ends cleanly
@@ -351,14 +370,18 @@ class Pipeline:
         as_of: date | None = None,
         layers: str | Collection[str] = ALL_JOBS,
         progress: Callable[[str], None] = log.info,
+        on_progress: Callable[[ProgressRecord], None] | None = None,
     ) -> None:
-        """Run every query of the selected layers until ``stop`` is set; then stop them cleanly."""
+        """Run every query of the selected layers until ``stop`` is set; then stop them cleanly.
+
+        ``progress`` gets a line per micro-batch; ``on_progress`` every progress the listener
+        delivers (the live view, :class:`~fitbit_stream.io.live.LiveProgress`)."""
         selected = select_jobs(layers)
         streaming = self.config.streaming
         trigger: Trigger = {"processingTime": f"{streaming.trigger_interval_seconds} seconds"}
         derived_seconds = streaming.derived_trigger_interval_seconds or streaming.trigger_interval_seconds
         derived: Trigger = {"processingTime": f"{derived_seconds} seconds"}
-        with self.exclusive(), self._recording(progress) as recorder:
+        with self.exclusive(), self._recording(progress, on_progress) as recorder:
             self.check_checkpoints(selected)
             specs = self.specs(selected)
             queries: list[StreamingQuery] = []

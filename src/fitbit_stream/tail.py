@@ -7,18 +7,21 @@ Delta versions of what it read, so a step whose inputs did not change reads noth
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from dataclasses import replace
 from datetime import date, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fitbit_stream.config import Config
 from fitbit_stream.io.cdc_merge import CdcMergeEngine
+from fitbit_stream.io.commits import latest_version
 from fitbit_stream.io.ingest import late_state_keys
 from fitbit_stream.io.merge import insert_if_absent, replace_scopes
 from fitbit_stream.io.silver import LateState
-from fitbit_stream.io.tables import TableRef, Tables
+from fitbit_stream.io.tables import TableRef, Tables, is_uri
 from fitbit_stream.topology import DATE_LOOKUP_SOURCES, INTERNAL_TABLES
 from fitbit_stream.transforms.cdc import USER_PROFILE_CDC
 from fitbit_stream.transforms.dates import date_lookup, years_of
@@ -32,6 +35,9 @@ __all__ = ["BatchTail"]
 
 log = logging.getLogger(__name__)
 
+#: Under the checkpoint root: the Delta versions (and years) the last tail saw.
+_MEMO_FILE = "_batch_tail.json"
+
 
 class BatchTail:
     """The tail's steps for one configuration, with what they last saw (kept in memory)."""
@@ -40,34 +46,73 @@ class BatchTail:
         self.spark = spark
         self.config = config
         self.tables = tables
-        self._versions: dict[str, object] = {}
+        #: (reference date, user_profile version, user_bins version) of the last user_bins refresh
+        self._bins: tuple[date, int | None, int | None] | None = None
         self._years: dict[str, tuple[int | None, frozenset[int]]] = {}
+        # What the last run's tail saw, so a scheduled run with nothing new reads nothing again.
+        root = config.storage.checkpoint_root
+        self._memo_file = None if is_uri(root) else Path(root).absolute() / _MEMO_FILE
+        self._load()
+
+    def _load(self) -> None:
+        if self._memo_file is None or not self._memo_file.is_file():
+            return
+        try:
+            saved = json.loads(self._memo_file.read_text(encoding="utf-8"))
+            bins = saved.get("user_bins")
+            if bins is not None:
+                self._bins = (date.fromisoformat(bins[0]), bins[1], bins[2])
+            for table, (version, years) in saved.get("years", {}).items():
+                self._years[table] = (version, frozenset(int(y) for y in years))
+        except (ValueError, TypeError, KeyError, OSError) as exc:  # a damaged memo only costs a re-read
+            log.info("batch tail: ignoring %s (%s)", self._memo_file, exc)
+
+    def _save(self) -> None:
+        if self._memo_file is None:
+            return
+        bins = None if self._bins is None else [self._bins[0].isoformat(), self._bins[1], self._bins[2]]
+        state = {
+            "user_bins": bins,
+            "years": {table: [version, sorted(years)] for table, (version, years) in self._years.items()},
+        }
+        try:
+            self._memo_file.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self._memo_file.with_suffix(".tmp")
+            temporary.write_text(json.dumps(state), encoding="utf-8")
+            temporary.replace(self._memo_file)  # atomic: a reader sees the old memo or the new one
+        except OSError as exc:
+            log.info("batch tail: could not save %s (%s)", self._memo_file, exc)
 
     def run(self, as_of: date) -> None:
         """Every step of the tail, in order."""
         self.refresh_user_bins(as_of)
         self.refresh_date_lookup()
         self.purge_tombstones()
+        self._save()
 
     def _version(self, ref: TableRef) -> int | None:
+        # From the log's file names when Python can list them (no Spark job), else Delta's history.
+        version = latest_version(ref)
+        if version is not None:
+            return version
         row = self.tables.delta(self.spark, ref).history(1).select("version").first()
         return None if row is None else int(row[0])
 
     def refresh_user_bins(self, as_of: date) -> None:
         """``user_bins`` as of the job's reference date (recomputed whole: it moves with the date).
 
-        Skipped while neither the date, ``user_profile`` nor ``user_bins`` changed since this
-        object's last refresh.
+        Skipped while neither the date, ``user_profile`` nor ``user_bins`` changed since the last
+        refresh (of this object, or of the last run's tail).
         """
-        spark, memo = self.spark, self._versions
+        spark = self.spark
         source, target = self.tables.ref("user_profile"), self.tables.ref("user_bins")
-        seen = (as_of, self._version(source))
-        if memo.get("user_bins") == (*seen, self._version(target)):
+        profile = self._version(source)
+        if self._bins == (as_of, profile, self._version(target)):
             return
         rows = user_bins(self.tables.read(spark, source), as_of=as_of)
         scopes = rows.select("user_id").unionByName(self.tables.read(spark, target).select("user_id"))
         replace_scopes(spark, self.tables, target, rows, scopes=scopes, scope_keys=["user_id"], keys=["user_id"])
-        memo["user_bins"] = (*seen, self._version(target))
+        self._bins = (as_of, profile, self._version(target))
 
     def refresh_date_lookup(self) -> None:
         """Every day of every year of :data:`~fitbit_stream.topology.DATE_LOOKUP_SOURCES`.

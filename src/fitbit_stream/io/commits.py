@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fitbit_stream.io.tables import TableRef, is_uri
 
-__all__ = ["Written", "latest_version", "written_since"]
+__all__ = ["Written", "caught_up", "latest_version", "table_id", "written_since"]
 
 
 @dataclass(frozen=True)
@@ -85,3 +85,48 @@ def written_since(ref: TableRef, version: int | None) -> Written | None:
         if commit.is_file():
             total += _metrics(commit)
     return total
+
+
+def table_id(ref: TableRef) -> str | None:
+    """The table's Delta id (``metaData.id`` of its first commit; None when not readable here)."""
+    log = _log(ref)
+    first = None if log is None else log / f"{0:020d}.json"
+    if first is None or not first.is_file():
+        return None
+    for line in first.read_text(encoding="utf-8").splitlines():
+        meta = json.loads(line).get("metaData") if '"metaData"' in line else None
+        if meta is not None:
+            return str(meta.get("id"))
+    return None
+
+
+def caught_up(checkpoint: str, inputs: list[TableRef]) -> bool:
+    """Whether the streaming query with this checkpoint has read every committed version of its
+    Delta ``inputs`` (so an available-now run of it would find nothing to do).
+
+    True only when it is certain: the checkpoint's last planned batch is committed and each of its
+    Delta source offsets names one of ``inputs`` (by table id) at the version after that table's
+    latest (``index`` -1: the version read whole). Anything else (no checkpoint, a URI, a source
+    that is not one of the inputs, an unreadable file) is False: the query runs.
+    """
+    if is_uri(checkpoint):
+        return False
+    root = Path(checkpoint)
+    try:
+        offsets = [int(p.name) for p in (root / "offsets").iterdir() if p.name.isdigit()]
+        commits = {int(p.name) for p in (root / "commits").iterdir() if p.name.isdigit()}
+        if not offsets or max(offsets) not in commits:
+            return False
+        lines = (root / "offsets" / str(max(offsets))).read_text(encoding="utf-8").splitlines()
+        by_id = {table_id(ref): ref for ref in inputs}
+        sources = [json.loads(line) for line in lines[2:] if line.strip()]
+        if not sources or len(sources) != len(inputs):
+            return False
+        for source in sources:
+            ref = by_id.get(source.get("reservoirId"))
+            latest = None if ref is None else latest_version(ref)
+            if latest is None or source.get("index") != -1 or source.get("reservoirVersion") != latest + 1:
+                return False
+        return True
+    except (OSError, ValueError, AttributeError):
+        return False
