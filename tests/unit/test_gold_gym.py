@@ -10,13 +10,29 @@ from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 
 from fitbit_stream.schemas import COMPLETED_WORKOUTS, GYM_LOGS, GYM_OCCUPANCY, GYM_SUMMARY, USERS
-from fitbit_stream.transforms.gold_gym import affected_hours, gym_occupancy, gym_summary
+from fitbit_stream.transforms.gold_gym import (
+    GYM_SUMMARY_KEY,
+    OCCUPANCY_KEY,
+    affected_hours,
+    gym_occupancy,
+    gym_summary,
+)
+from fitbit_stream.transforms.gym import VISIT_KEY
 
 AA, BB, CC, DD, EE = (f"aa:bb:cc:dd:ee:{n}" for n in ("0a", "0b", "0c", "0d", "0e"))
 
 
 def ts(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def test_each_table_key_in_its_contract_order() -> None:
+    """docs/contract.md §2.2, §2.3: gym_logs is keyed (mac_address, gym, login), gym_summary (gym,
+    mac_address, login): the same visit, one name per table's order."""
+    assert VISIT_KEY == ("mac_address", "gym", "login")
+    assert GYM_SUMMARY_KEY == ("gym", "mac_address", "login")
+    assert OCCUPANCY_KEY == ("gym", "hour")
+    assert tuple(GYM_SUMMARY.fieldNames()[: len(GYM_SUMMARY_KEY)]) == GYM_SUMMARY_KEY
 
 
 # --- gym_summary ---------------------------------------------------------------------------------

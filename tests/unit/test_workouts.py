@@ -34,11 +34,13 @@ from fitbit_stream.schemas import (
 )
 from fitbit_stream.transforms.gym import latest_registrations
 from fitbit_stream.transforms.workouts import (
+    SESSION_KEY,
     SessionStatus,
     classify_sessions,
     first_ingested_events,
     format_duration,
     pair_sessions,
+    sessions_near_readings,
     to_workouts,
     workout_bpm,
 )
@@ -482,3 +484,45 @@ def test_workout_bpm_rejects_non_positive_bucket(spark: SparkSession) -> None:
     empty = spark.createDataFrame([], COMPLETED_WORKOUTS)
     with pytest.raises(InvalidConfigError, match="bucket"):
         workout_bpm(empty, spark.createDataFrame([], HEART_RATE), users(spark, []), bucket=timedelta(0))
+
+
+def test_sessions_near_readings_covers_every_session_workout_bpm_pairs(spark: SparkSession) -> None:
+    """The workout_bpm writer's affected sessions: a cheap superset of those holding a new reading."""
+    hour, half = timedelta(hours=1), timedelta(minutes=30)
+    completed = spark.createDataFrame(
+        [
+            (1, 10, 1, T0, T0 + hour),  # holds the 10:30 reading
+            (1, 10, 2, T0 + 2 * hour, T0 + 3 * hour),  # in the gap between 10:30 and 14:00: listed anyway
+            (1, 10, 3, T0 + 4 * hour - US, T0 + 5 * hour),  # holds the 14:00 reading
+            (1, 10, 4, T0 + 4 * hour, T0 + 5 * hour),  # starts on the latest reading: does not hold it
+            (1, 10, 5, T0 - hour, T0 + half - US),  # ends before the earliest
+            (1, 10, 6, T0 + half, T0 + half),  # empty session
+            (2, 10, 1, T0, T0 + hour),  # user 2's device sent no valid reading
+            (3, 10, 1, T0, T0 + hour),  # user without a device
+            (4, 10, 1, T0, T0 + hour),  # user not registered
+        ],
+        COMPLETED_WORKOUTS,
+    )
+    readings = spark.createDataFrame(
+        [
+            (D100, T0 + half, 91.0, True),
+            (D100, T0 + 4 * hour, 92.0, True),
+            (D100, T0 - 2 * hour, 200.0, False),  # invalid: widens nothing
+            (D200, T0 + half, 120.0, None),  # NULL valid: widens nothing
+            (D300, T0 + half, 130.0, True),  # nobody's device
+        ],
+        HEART_RATE,
+    )
+    registered = users(
+        spark,
+        [
+            (1, D100, "aa:aa:aa:aa:aa:01", T0 - timedelta(days=9)),
+            (2, D200, "aa:aa:aa:aa:aa:02", T0 - timedelta(days=9)),
+            (3, None, "aa:aa:aa:aa:aa:03", T0 - timedelta(days=9)),
+        ],
+    )
+    got = {tuple(row) for row in sessions_near_readings(completed, readings, registered).collect()}
+    assert got == {(1, 10, 1), (1, 10, 2), (1, 10, 3)}
+    paired = {tuple(row) for row in workout_bpm(completed, readings, registered).select(*SESSION_KEY).collect()}
+    assert paired == {(1, 10, 1), (1, 10, 3)}
+    assert paired <= got

@@ -80,6 +80,14 @@ def _range_prune(df: DataFrame, column: str, bounds: tuple[str, str] | None = No
     return f"t.`{column}` BETWEEN CAST('{lo}' AS TIMESTAMP) AND CAST('{hi}' AS TIMESTAMP)"
 
 
+def _first_per_key(rows: DataFrame, keys: Sequence[str], order_by: Sequence[Column]) -> DataFrame:
+    """One row per key: the first by ``order_by``, or any one when no order is given."""
+    if not order_by:
+        return rows.dropDuplicates(list(keys))
+    first = Window.partitionBy(*keys).orderBy(*order_by)
+    return rows.withColumn("_rn", F.row_number().over(first)).filter("_rn = 1").drop("_rn")
+
+
 def insert_if_absent(
     spark: SparkSession,
     tables: Tables,
@@ -99,13 +107,8 @@ def insert_if_absent(
     knows it already. ``unique=True`` says ``rows`` already hold one row per key (the caller
     reduced them): the second reduction is then skipped.
     """
-    if unique:
-        pass
-    elif order_by:
-        first = Window.partitionBy(*keys).orderBy(*order_by)
-        rows = rows.withColumn("_rn", F.row_number().over(first)).filter("_rn = 1").drop("_rn")
-    else:
-        rows = rows.dropDuplicates(list(keys))
+    if not unique:
+        rows = _first_per_key(rows, keys, order_by)
     condition = _on(keys)
     if prune_on is not None:
         prune = _range_prune(rows, prune_on, prune_bounds)

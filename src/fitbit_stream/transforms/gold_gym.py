@@ -15,22 +15,24 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from fitbit_stream.schemas import GYM_OCCUPANCY, GYM_SUMMARY
+from fitbit_stream.schemas import GYM_OCCUPANCY, GYM_SUMMARY, TABLES
+from fitbit_stream.transforms.gym import VISIT_KEY
 from fitbit_stream.transforms.workouts import SESSION_KEY
 
 __all__ = [
+    "GYM_SUMMARY_KEY",
     "OCCUPANCY_KEY",
-    "VISIT_KEY",
     "affected_hours",
     "closed_visits",
     "gym_occupancy",
     "gym_summary",
 ]
 
-#: Key of ``gym_logs`` and ``gym_summary``.
-VISIT_KEY: tuple[str, ...] = ("gym", "mac_address", "login")
-#: Key of ``gym_occupancy``.
-OCCUPANCY_KEY: tuple[str, ...] = ("gym", "hour")
+#: Key of ``gym_summary``, one row per closed visit: (gym, mac_address, login), the columns of the
+#: visit key :data:`~fitbit_stream.transforms.gym.VISIT_KEY` in the order the contract gives this table.
+GYM_SUMMARY_KEY: tuple[str, ...] = TABLES["gym_summary"].key
+#: Key of ``gym_occupancy``: (gym, hour).
+OCCUPANCY_KEY: tuple[str, ...] = TABLES["gym_occupancy"].key
 
 _MICROS_PER_MINUTE = 60_000_000
 _MINUTES_PER_HOUR = 60
@@ -58,7 +60,7 @@ def _minutes(micros: Column) -> Column:
 
 
 def closed_visits(gym_logs_df: DataFrame) -> DataFrame:
-    """The closed visits of ``gym_logs``: (gym, mac_address, login, logout), one row per key.
+    """The closed visits of ``gym_logs``: (mac_address, gym, login, logout), one row per key.
 
     A visit with a NULL logout is open and not counted yet. A row with a NULL key column cannot
     come from the source table (its key is a primary key) and could never be MERGEd by key, so
@@ -107,7 +109,7 @@ def gym_summary(gym_logs_df: DataFrame, users_df: DataFrame, completed_df: DataF
     duration = F.unix_micros(F.col("__s_end_time")) - F.unix_micros(start)
     summary = (
         visits.join(member_sessions, in_visit, "left")
-        .groupBy(*VISIT_KEY, "logout")
+        .groupBy(*GYM_SUMMARY_KEY, "logout")
         .agg(
             # collect_set skips NULLs, so a visit without sessions gets [] rather than NULL.
             F.array_sort(F.collect_set("__s_workout_id")).alias("workouts"),
@@ -130,9 +132,9 @@ def _visit_hours(visits_df: DataFrame) -> DataFrame:
 
     A visit is present at each minute instant m with login <= m < logout, i.e. the epoch minutes
     from ceil(login) to ceil(logout) - 1 (a login at 10:00:30 is first present at 10:01, a logout
-    at 10:02:00 last at 10:01). A visit without such an instant has no row. Columns: gym,
-    mac_address, login, hour (TIMESTAMP) and the internal epoch-minute bounds of its presence
-    within the hour (both inclusive).
+    at 10:02:00 last at 10:01). A visit without such an instant has no row. Columns: the visit key
+    (mac_address, gym, login), hour (TIMESTAMP) and the internal epoch-minute bounds of its
+    presence within the hour (both inclusive).
     """
     visits = visits_df.select(
         *VISIT_KEY,

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from fitbit_stream.schemas import GYM_LOGS, USERS
+from fitbit_stream.schemas import GYM_LOGS, TABLES, USERS
 
 __all__ = [
     "VISIT_KEY",
@@ -29,8 +29,8 @@ __all__ = [
     "registration_order",
 ]
 
-#: Key of ``gym_logs`` (and of a source ``gym_logins`` row).
-VISIT_KEY: tuple[str, ...] = ("mac_address", "gym", "login")
+#: Key of ``gym_logs`` (and of a source ``gym_logins`` row): (mac_address, gym, login).
+VISIT_KEY: tuple[str, ...] = TABLES["gym_logs"].key
 
 
 def registration_order() -> list[Column]:

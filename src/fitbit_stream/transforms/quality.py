@@ -38,6 +38,7 @@ MALFORMED_JSON = "malformed_json"
 SCHEMA_VIOLATION = "schema_violation"
 FUTURE = "future"
 LATE = "late"
+#: A start/stop pair that breaks the session bounds (quarantined by ``transforms.workouts``).
 INVALID_SESSION = "invalid_session"
 #: Every quarantine reason of the contract.
 REASONS: tuple[str, ...] = (MALFORMED_JSON, SCHEMA_VIOLATION, FUTURE, LATE, INVALID_SESSION)

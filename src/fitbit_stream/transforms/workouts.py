@@ -22,11 +22,11 @@ from pyspark.sql import functions as F
 
 from fitbit_stream.errors import InvalidConfigError
 from fitbit_stream.schemas import COMPLETED_WORKOUTS, QUARANTINE, WORKOUT_BPM, WORKOUTS
+from fitbit_stream.transforms.quality import INVALID_SESSION
 
 __all__ = [
     "BRONZE_COORDINATES",
     "EVENT_KEY",
-    "INVALID_SESSION",
     "SESSION_KEY",
     "SessionPairs",
     "SessionStatus",
@@ -37,6 +37,7 @@ __all__ = [
     "format_duration",
     "invalid_sessions",
     "pair_sessions",
+    "sessions_near_readings",
     "to_workouts",
     "workout_bpm",
 ]
@@ -47,8 +48,6 @@ SESSION_KEY: tuple[str, ...] = ("user_id", "workout_id", "session_id")
 EVENT_KEY: tuple[str, ...] = (*SESSION_KEY, "action")
 #: The bronze record columns a quarantine row carries.
 BRONZE_COORDINATES: tuple[str, ...] = ("key", "value", "topic", "partition", "offset", "timestamp")
-#: Quarantine reason of a start/stop pair that breaks the session bounds.
-INVALID_SESSION = "invalid_session"
 
 _MICROS_PER_SECOND = 1_000_000
 
@@ -312,3 +311,34 @@ def workout_bpm(
         how="inner",
     )
     return joined.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in WORKOUT_BPM.fields])
+
+
+def sessions_near_readings(completed_df: DataFrame, heart_rate_df: DataFrame, users_df: DataFrame) -> DataFrame:
+    """The keys of the sessions some of ``heart_rate_df``'s readings may fall in, without the band join.
+
+    Every session :func:`workout_bpm` pairs with one of the readings is listed: the completed
+    sessions of each reading device's users that overlap the range of that device's valid readings
+    (start_time < the latest, end_time >= the earliest). The readings are first reduced to one row
+    per device and joined by equality (device_id, then user_id), so no session is cut into slots
+    and no reading is compared with a session.
+
+    A superset: a session overlapping the range of its device's readings without holding one (it
+    lies in a gap between them) is listed too. Recomputing it gives the rows it already has, so a
+    writer that recomputes and replaces these scopes ends with the same rows as with the exact set.
+    """
+    ranges = (
+        heart_rate_df.filter(F.col("valid") & F.col("time").isNotNull() & F.col("device_id").isNotNull())
+        .groupBy("device_id")
+        .agg(F.min("time").alias("_earliest"), F.max("time").alias("_latest"))
+    )
+    owners = users_df.filter(F.col("device_id").isNotNull()).select("user_id", "device_id").join(ranges, "device_id")
+    return (
+        completed_df.join(owners, "user_id")
+        .filter(
+            (F.col("start_time") < F.col("end_time"))
+            & (F.col("start_time") < F.col("_latest"))
+            & (F.col("end_time") >= F.col("_earliest"))
+        )
+        .select(*SESSION_KEY)
+        .distinct()
+    )
