@@ -19,6 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from datetime import date
 from types import FrameType
 from typing import TYPE_CHECKING, Literal, get_args
@@ -104,7 +105,8 @@ def add_output_args(parser: argparse.ArgumentParser, *, command: bool = False) -
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
-    """What a pipeline run takes besides the configuration: ``--once``, ``--as-of``, ``--reset-checkpoints``."""
+    """What a pipeline run takes besides the configuration: ``--once``, ``--as-of``, ``--reset-checkpoints``,
+    ``--no-live``."""
     parser.add_argument(
         "--once",
         action="store_true",
@@ -121,6 +123,12 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start queries whose checkpoint is missing or foreign on new checkpoints (the old ones are moved "
         "aside; bronze resumes after the records it holds) instead of refusing to start",
+    )
+    parser.add_argument(
+        "--no-live",
+        action="store_true",
+        help="on a terminal, print a line per micro-batch instead of the live table of every query "
+        "(output that is not a terminal always gets the lines)",
     )
 
 
@@ -223,6 +231,7 @@ def run_pipeline(
     auth = auth if auth is not None else AzureAuth(config)
     preflight(config, auth, say)
 
+    from fitbit_stream.io.live import LiveProgress, live_wanted, quarantine_counter
     from fitbit_stream.pipeline import Pipeline
     from fitbit_stream.session import configure_session, get_spark
 
@@ -231,16 +240,33 @@ def run_pipeline(
     else:
         configure_session(spark, config, auth)
     pipeline = Pipeline(spark, config, reset_checkpoints=args.reset_checkpoints)
+    # On a terminal, a table of every query redrawn in place; elsewhere (CI, logs, Databricks) lines.
+    live = live_wanted(sys.stdout, no_live=bool(getattr(args, "no_live", False)), say=say)
+    view = LiveProgress(
+        pipeline.query_names(job),
+        say=say,
+        live=live,
+        quarantine=quarantine_counter(spark, config),
+        title=f"fitbit_stream {job}" + (" --once" if args.once else ""),
+    )
     if args.once:
         started = time.monotonic()
-        report = pipeline.run_once(layers=job, as_of=args.as_of, progress=say)
+        # Without the live table a drain shows one line per query as it ends (the pipeline's).
+        with view.showing() if live else nullcontext(view):
+            report = pipeline.run_once(
+                layers=job, as_of=args.as_of, progress=say, on_progress=view.on_progress if live else None
+            )
         print(report.table(), flush=True)
         say(f"drained in {time.monotonic() - started:.1f}s")
         return 0
     stop = stop if stop is not None else threading.Event()
     _install_stop(stop, say)
     say("running; SIGTERM or Ctrl-C stops cleanly")
-    pipeline.run_continuously(stop, layers=job, as_of=args.as_of, progress=say)
+    # The view shows each micro-batch (a line, or the table's row): the recorder shows nothing itself.
+    with view.showing():
+        pipeline.run_continuously(
+            stop, layers=job, as_of=args.as_of, progress=lambda _line: None, on_progress=view.on_progress
+        )
     return 0
 
 

@@ -98,3 +98,15 @@ def test_the_recorder_shows_each_batch_once_and_keeps_the_latest_copy() -> None:
     recorder.add_all([KAFKA_PROGRESS, DELTA_PROGRESS])
     recorder.add(KAFKA_PROGRESS)
     assert shown == ["bronze_kafka_multiplex batch 4: 1500 rows, 750 rows/s, 2.0s, backlog 112 offsets"]
+
+
+def test_the_recorder_hands_every_listener_copy_to_on_progress() -> None:
+    # The live view reads the same events: each copy the listener delivers (a later copy of a batch
+    # may carry later figures), not the recentProgress ones the caller already knows.
+    seen: list[tuple[str, int]] = []
+    recorder = ProgressRecorder(show=lambda _: None, on_progress=lambda r: seen.append((r.query_name, r.batch_id)))
+    recorder.add(KAFKA_PROGRESS)
+    recorder.add(KAFKA_PROGRESS)
+    recorder.add_all([DELTA_PROGRESS])
+    recorder.add(DELTA_PROGRESS)
+    assert seen == [("bronze_kafka_multiplex", 4), ("bronze_kafka_multiplex", 4), ("silver_bpm", 0)]

@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from pyspark import inheritable_thread_target
 from pyspark.sql import functions as F
 
 from fitbit_stream.config import Config
 from fitbit_stream.errors import PipelineError
 from fitbit_stream.io.guard import checkpoint_id
+from fitbit_stream.io.live import LATENCY
+from fitbit_stream.io.parallel import run_side_by_side
 from fitbit_stream.io.silver import TopicWriter
 from fitbit_stream.io.tables import TableRef, Tables
 from fitbit_stream.topology import KINDS, queries
@@ -113,16 +113,7 @@ class SilverTopics:
             if topic in present:
                 mine = rows.filter(F.col("topic") == topic)
                 work.append(lambda mine=mine, kind=kind: self.writers[kind](mine, batch_id))  # type: ignore[misc]
-        if len(work) == 1:
-            work[0]()
-            return
-        # The jobs of each thread keep the query's scheduler pool (a thread-local property).
-        with ThreadPoolExecutor(len(work) or 1) as pool:
-            futures = [pool.submit(inheritable_thread_target(rows.sparkSession)(step)) for step in work]
-            errors = [f.exception() for f in futures]
-        for error in errors:
-            if error is not None:
-                raise error
+        run_side_by_side(rows.sparkSession, work)
 
 
 class IngestWriter:
@@ -162,11 +153,23 @@ class IngestWriter:
                 held = self.tables.read(spark, self.bronze.ref).select("topic", "partition", "offset")
                 prepared = prepared.join(held, ["topic", "partition", "offset"], "left_anti")
             rows = prepared.persist()
-            present = {str(r["topic"]) for r in rows.select("topic").distinct().collect()}
+            # The batch's topics, with each one's least and greatest record timestamp (unix micros)
+            # for the event->silver latency of the live view (the same one aggregate).
+            bounds = {
+                str(r["topic"]): (r["lo"], r["hi"])
+                for r in rows.groupBy("topic")
+                .agg(
+                    F.unix_micros(F.min("timestamp")).alias("lo"),
+                    F.unix_micros(F.max("timestamp")).alias("hi"),
+                )
+                .collect()
+            }
+            present = set(bounds)
             if not present:
                 return
             if self.silver is not None:
                 self.silver(rows, batch_id, present=present)
+                LATENCY.publish(self.query, batch_id, bounds)
             # Last: bronze holds a record only once its silver writes have committed.
             self.bronze(rows, batch_id)
         finally:

@@ -181,10 +181,19 @@ class ProgressRecorder(StreamingQueryListener):
 
     Listener callbacks run on Spark's listener thread: they only format and buffer. Writing to Delta
     happens in ``flush``, called by the pipeline's own thread between or alongside queries.
+
+    ``on_progress`` also receives every record the listener delivers (each copy, not only the first;
+    not the ``recentProgress`` ones of :meth:`add_all`): the live view
+    (:class:`~fitbit_stream.io.live.LiveProgress`) reads the same events.
     """
 
-    def __init__(self, show: Callable[[str], None] = log.info) -> None:
+    def __init__(
+        self,
+        show: Callable[[str], None] = log.info,
+        on_progress: Callable[[ProgressRecord], None] | None = None,
+    ) -> None:
         self._show = show
+        self._on_progress = on_progress
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, int], ProgressRecord] = {}
         # Shown apart from pending: the buffer is flushed once per run, and a batch's progress may
@@ -226,6 +235,8 @@ class ProgressRecorder(StreamingQueryListener):
                     del self._shown[next(iter(self._shown))]
         if fresh:
             self._show(record.line())
+        if show and self._on_progress is not None:
+            self._on_progress(record)
 
     def add_all(self, progresses: Iterable[Mapping[str, Any]]) -> None:
         """Progress already known to the caller (``query.recentProgress``): buffered, not shown again."""
