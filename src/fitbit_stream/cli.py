@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 import time
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 from fitbit_stream import __version__
 from fitbit_stream.azure import AzureAuth
 from fitbit_stream.config import Config, load_config
+from fitbit_stream.errors import PlatformError
 from fitbit_stream.jobs import (
     add_config_args,
     add_output_args,
@@ -28,6 +30,24 @@ if TYPE_CHECKING:
     from fitbit_stream.generator import GeneratorConfig, Progress
 
 log = logging.getLogger("fitbit_stream")
+
+#: The development tools: in the source tree (an editable install), not in the wheel a cluster installs.
+_DEV_TOOLS = {
+    "platform": ("fitbit_stream.platform",),
+    "generate": ("fitbit_stream.generator",),
+    "demo": ("fitbit_stream.platform", "fitbit_stream.generator"),
+    "bench": ("fitbit_stream.bench", "fitbit_stream.platform", "fitbit_stream.generator"),
+}
+
+
+def _require_dev_tools(command: str) -> None:
+    """One line naming what ``command`` misses and the fix, when the development tools are not installed."""
+    missing = [name for name in _DEV_TOOLS[command] if importlib.util.find_spec(name) is None]
+    if missing:
+        raise PlatformError(
+            f"{command} needs the development tools ({', '.join(missing)}), which the wheel does not ship: "
+            "clone the repository and run ./scripts/setup.sh"
+        )
 
 
 def _instant(text: str) -> datetime:
@@ -57,6 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_platform(args: argparse.Namespace) -> int:
+    _require_dev_tools("platform")
     from fitbit_stream.platform.kafka import KafkaBroker
     from fitbit_stream.platform.postgres import PostgresServer
 
@@ -105,6 +126,7 @@ def _print_progress(p: Progress) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    _require_dev_tools("generate")
     from fitbit_stream.generator.run import GenerateRequest, generate
 
     config = _config(args)
@@ -129,6 +151,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start the local platform, generate a realistic day, run the pipeline until drained, write the dashboard."""
+    _require_dev_tools("demo")
     from fitbit_stream.dashboard.html import write_dashboard
     from fitbit_stream.generator.run import GenerateRequest, generate
     from fitbit_stream.pipeline import Pipeline
@@ -255,6 +278,7 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     """Preload a seeded backlog, drain it, run the baselines and the steady phase; print the ratios."""
+    _require_dev_tools("bench")
     from fitbit_stream.bench.report import format_report
     from fitbit_stream.bench.runner import BenchOptions, run_bench
 

@@ -3,6 +3,11 @@
 On Databricks the runtime provides pyspark and delta-spark; a wheel that required them would make pip
 install a second Spark over the cluster's own. So they may only appear behind an extra, and the parts
 of the package that need no Spark (the CLI's parser, ``config``) must not import it.
+
+The wheel carries the runtime only: the development tools (the local platform, the data generator,
+the benchmark) stay in the source tree, and the CLI commands that need them say so in one line.
+``tests/integration/test_wheel_install.py`` installs the wheel with its requirements from the index
+into a fresh environment and imports everything the jobs import.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import configparser
 import email.parser
 import email.policy
+import json
 import shutil
 import subprocess
 import sys
@@ -35,7 +41,16 @@ CONSOLE_SCRIPTS = {
     "fitbit-stream-gold": "fitbit_stream.jobs:gold",
     "fitbit-stream-all": "fitbit_stream.jobs:all_layers",
 }
-SUBPACKAGES = ("transforms", "io", "platform", "generator", "dashboard")
+SUBPACKAGES = ("transforms", "io", "dashboard")
+#: In the source tree (an editable install imports them), never in the wheel.
+DEV_PACKAGES = ("platform", "generator", "bench")
+#: The CLI commands that need the development tools, with the arguments they are run with here.
+DEV_COMMANDS = {
+    "platform": ["platform", "status"],
+    "generate": ["generate"],
+    "demo": ["demo"],
+    "bench": ["bench"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +109,13 @@ def test_wheel_ships_every_module_and_the_typing_marker_and_nothing_else(project
     dist_info = _dist_info(wheel)
 
     package = project / "src" / "fitbit_stream"
-    expected_modules = {"fitbit_stream/" + p.relative_to(package).as_posix() for p in package.rglob("*.py")}
+    for dev in DEV_PACKAGES:
+        assert (package / dev / "__init__.py").is_file(), f"{dev} is no longer in the source tree?"
+    expected_modules = {
+        "fitbit_stream/" + p.relative_to(package).as_posix()
+        for p in package.rglob("*.py")
+        if p.relative_to(package).parts[0] not in DEV_PACKAGES
+    }
     # The dashboard's script and style sheet are inlined into the page it writes: they must ship.
     assets = {
         "fitbit_stream/" + p.relative_to(package).as_posix()
@@ -106,6 +127,7 @@ def test_wheel_ships_every_module_and_the_typing_marker_and_nothing_else(project
     assert package_files == expected_modules | assets | {"fitbit_stream/py.typed"}
     for sub in SUBPACKAGES:
         assert f"fitbit_stream/{sub}/__init__.py" in names
+    assert not [n for n in names if n.split("/")[:2] in (["fitbit_stream", dev] for dev in DEV_PACKAGES)]
     # Only the package and its metadata: no tests, data, config, caches or compiled files.
     assert {n.split("/")[0] for n in names} == {"fitbit_stream", dist_info}
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo"))]
@@ -118,8 +140,9 @@ def test_metadata_needs_no_spark_unless_an_extra_asks_for_it(wheel: Path) -> Non
     requirements = [Requirement(r) for r in metadata.get_all("Requires-Dist") or []]
 
     unconditional = {canonicalize_name(r.name) for r in requirements if r.marker is None}
-    # azure-identity signs in to ADLS and Azure SQL (imported lazily, see fitbit_stream.azure).
-    assert unconditional >= {"pydantic", "pyyaml", "azure-identity"}
+    # azure-identity signs in to ADLS and Azure SQL (imported lazily, see fitbit_stream.azure);
+    # confluent-kafka looks up Kafka offsets on the cluster (retention check, resume after a reset).
+    assert unconditional >= {"pydantic", "pyyaml", "azure-identity", "confluent-kafka"}
     assert not unconditional & SPARK_DISTRIBUTIONS
 
     for extra in ("local", "dev"):
@@ -206,6 +229,42 @@ def test_installed_console_script_runs_without_spark(wheel: Path, tmp_path: Path
         assert job_usage.stdout.startswith(f"usage: {name} "), job_usage.stdout
         for option in ("--config", "--set", "--once"):
             assert option in job_usage.stdout, (name, option)
+
+    # The commands of the development tools fail with one line naming what is missing and the fix
+    # (one process runs all four: each is main() as the console script calls it).
+    dev_probe = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import contextlib, io, json, sys; from fitbit_stream.cli import main\n"
+            "out = {}\n"
+            f"for name, argv in {DEV_COMMANDS!r}.items():\n"
+            "    err = io.StringIO()\n"
+            "    with contextlib.redirect_stderr(err): code = main(argv)\n"
+            "    out[name] = [code, err.getvalue()]\n"
+            "print(json.dumps(out))",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert dev_probe.returncode == 0, dev_probe.stderr
+    needs = {
+        "platform": "fitbit_stream.platform",
+        "generate": "fitbit_stream.generator",
+        "demo": "fitbit_stream.platform, fitbit_stream.generator",
+        "bench": "fitbit_stream.bench, fitbit_stream.platform, fitbit_stream.generator",
+    }
+    assert json.loads(dev_probe.stdout) == {
+        name: [
+            2,
+            f"fitbit-stream: error: {name} needs the development tools ({needs[name]}), which the wheel does not "
+            "ship: clone the repository and run ./scripts/setup.sh\n",
+        ]
+        for name in DEV_COMMANDS
+    }
 
     shown = subprocess.run(
         [str(script), "config", "--config", "conf/local.yaml"],
