@@ -350,7 +350,8 @@ class StreamingConfig(_Model):
     # How records reach silver. ``realtime``: the Kafka (or landing) query writes the silver topic
     # tables and bronze from the same micro-batch, one hop. ``layered``: the ingest query writes
     # bronze only and one query per topic reads bronze into silver (two hops; each layer its own
-    # job). A checkpoint belongs to one mode: switch with --reset-checkpoints (see the README).
+    # job). A checkpoint belongs to one mode: switch with `fitbit-stream rebuild --yes --set
+    # streaming.mode=...` (docs/streaming.md).
     mode: Literal["realtime", "layered"] = "realtime"
     trigger_interval_seconds: float = Field(default=10.0, gt=0)
     # The derived queries' trigger (workout_bpm and the gold tables) when it should differ from the

@@ -335,3 +335,25 @@ def test_only_enabled_sources_are_checked(tmp_path: Path) -> None:
     assert check_sources(config("kafka.enabled=false", f"sql.url=jdbc:sqlite:{db}")) == [
         f"sql jdbc:sqlite:{db}: tables registered_users, gym_logins"
     ]
+
+
+def test_librdkafka_signs_in_with_the_username_and_password_of_the_jaas_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fitbit_stream.config import load_config
+    from fitbit_stream.io.preflight import librdkafka_conf
+
+    jaas = 'org.apache.kafka.common.security.scram.ScramLoginModule required username="reader" password="s3 cr=t";'
+    monkeypatch.setenv("FITBIT_TEST_JAAS", jaas)
+    config = load_config(
+        None,
+        [
+            'kafka.options={"security.protocol": SASL_SSL, "sasl.mechanism": SCRAM-SHA-512}',
+            'kafka.options_env={"sasl.jaas.config": FITBIT_TEST_JAAS}',
+        ],
+    )
+    assert librdkafka_conf(config.kafka) == {
+        "bootstrap.servers": "localhost:9092",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "reader",
+        "sasl.password": "s3 cr=t",
+    }

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import sqlite3
 import time
@@ -88,6 +89,14 @@ def librdkafka_conf(kafka: KafkaConfig, auth: Mapping[str, str] | None = None) -
     the Java consumer, and ``auth`` (:meth:`fitbit_stream.azure.AzureAuth.librdkafka_auth_settings`)."""
     conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers}
     conf.update({k: v for k, v in kafka.options.items() if k in LIBRDKAFKA_OPTIONS})
+    # The Java consumer signs in with a JAAS line (PLAIN, SCRAM); librdkafka wants its username and
+    # password as settings of their own.
+    jaas_env = kafka.options_env.get("sasl.jaas.config")
+    jaas = os.environ.get(jaas_env, "") if jaas_env else ""
+    for field in ("username", "password"):
+        found = re.search(rf'\b{field}\s*=\s*"([^"]*)"', jaas)
+        if found:
+            conf[f"sasl.{field}"] = found.group(1)
     conf.update(auth or {})
     return conf
 

@@ -14,6 +14,7 @@ folded into one: the table holds a few rows per query, however long the query ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -24,6 +25,7 @@ from pyspark.sql.types import IntegerType, LongType, StringType, StructField, St
 from fitbit_stream.config import Config
 from fitbit_stream.io.cdc_merge import CdcMergeEngine
 from fitbit_stream.io.merge import insert_if_absent, replace_scopes, with_conflict_retry
+from fitbit_stream.io.parallel import run_side_by_side
 from fitbit_stream.io.tables import TableRef, Tables
 from fitbit_stream.schemas import WORKOUTS
 from fitbit_stream.transforms.bpm import HEART_RATE_KEY, to_heart_rate
@@ -260,56 +262,81 @@ class TopicWriter:
             # which writes have anything to do. Never an action on ``batch`` itself: each would read
             # the source again (and count its rows twice in the query's progress).
             stats = _stats(checked)
+            # The batch's writes go to different tables and do not depend on each other: side by
+            # side. The late state is keyed by batch id, so recording it beside the other writes
+            # (rather than after them) leaves a replay of this batch the same threshold.
+            writes: list[Callable[[], None]] = []
             if stats.rejected:
                 bad = to_quarantine(rejected(checked), quarantined_at=F.current_timestamp())
                 # to_quarantine leaves one row per quarantine key
-                insert_if_absent(spark, self.tables, self.quarantine, bad, keys=QUARANTINE_KEY, unique=True)
+                writes.append(
+                    lambda: insert_if_absent(spark, self.tables, self.quarantine, bad, keys=QUARANTINE_KEY, unique=True)
+                )
             if stats.accepted:
                 good = accepted(checked)
                 if self.kind == "bpm":
                     # to_heart_rate leaves one row per key, its times the accepted event times
                     rows = to_heart_rate(good, low=self.rules.hr_low, high=self.rules.hr_high)
-                    insert_if_absent(
-                        spark,
-                        self.tables,
-                        self.heart_rate,
-                        rows,
-                        keys=HEART_RATE_KEY,
-                        prune_on="time",
-                        prune_bounds=stats.bounds,
-                        unique=True,
+                    writes.append(
+                        lambda: insert_if_absent(
+                            spark,
+                            self.tables,
+                            self.heart_rate,
+                            rows,
+                            keys=HEART_RATE_KEY,
+                            prune_on="time",
+                            prune_bounds=stats.bounds,
+                            unique=True,
+                        )
                     )
                 elif self.kind == "workout":
-                    self._workouts(spark, good, F.current_timestamp())
+                    writes.append(lambda: self._workouts(spark, good, F.current_timestamp()))
                 else:
-                    self.cdc.apply(good, batch_id)
-            # Last: a crash before this line replays the batch with the same threshold.
-            self.late.record(spark, self.query_name, batch_id, stats.max_micros)
+                    writes.append(lambda: self.cdc.apply(good, batch_id))
+            writes.append(lambda: self.late.record(spark, self.query_name, batch_id, stats.max_micros))
+            run_side_by_side(spark, writes)
         finally:
             checked.unpersist()
 
     def _workouts(self, spark: SparkSession, good: DataFrame, quarantined_at: Column) -> None:
         # first_ingested_events leaves one row per event key (the first ingested of this batch)
-        events = first_ingested_events(good).select(*WORKOUT_EVENTS.fieldNames())
-        insert_if_absent(spark, self.tables, self.events, events, keys=EVENT_KEY, unique=True)
-        insert_if_absent(
-            spark, self.tables, self.workouts, events.select(*WORKOUTS.fieldNames()), keys=EVENT_KEY, unique=True
-        )
-        # Pair from the stored events (first ingested ever), not from this batch alone: the other
-        # event of a session may have arrived in any earlier batch.
-        touched = events.select(*SESSION_KEY).distinct()
-        stored = self.tables.read(spark, self.events).join(touched, list(SESSION_KEY), "left_semi")
-        classified = classify_sessions(stored, max_duration=self.rules.max_session).persist()
+        events = first_ingested_events(good).select(*WORKOUT_EVENTS.fieldNames()).persist()
+        classified: DataFrame | None = None
         try:
+            run_side_by_side(
+                spark,
+                [
+                    lambda: insert_if_absent(spark, self.tables, self.events, events, keys=EVENT_KEY, unique=True),
+                    lambda: insert_if_absent(
+                        spark,
+                        self.tables,
+                        self.workouts,
+                        events.select(*WORKOUTS.fieldNames()),
+                        keys=EVENT_KEY,
+                        unique=True,
+                    ),
+                ],
+            )
+            # Pair from the stored events (first ingested ever), not from this batch alone: the
+            # other event of a session may have arrived in any earlier batch.
+            touched = events.select(*SESSION_KEY).distinct()
+            stored = self.tables.read(spark, self.events).join(touched, list(SESSION_KEY), "left_semi")
+            classified = classify_sessions(stored, max_duration=self.rules.max_session).persist()
             # Checked on the persisted sessions: a MERGE with nothing to insert still costs a commit.
             completed = completed_sessions(classified)
-            if not completed.isEmpty():
-                insert_if_absent(spark, self.tables, self.completed, completed, keys=SESSION_KEY)
             invalid = invalid_sessions(classified, quarantined_at=quarantined_at)
+            writes: list[Callable[[], None]] = []
+            if not completed.isEmpty():
+                writes.append(lambda: insert_if_absent(spark, self.tables, self.completed, completed, keys=SESSION_KEY))
             if not invalid.isEmpty():
-                insert_if_absent(spark, self.tables, self.quarantine, invalid, keys=QUARANTINE_KEY)
+                writes.append(
+                    lambda: insert_if_absent(spark, self.tables, self.quarantine, invalid, keys=QUARANTINE_KEY)
+                )
+            run_side_by_side(spark, writes)
         finally:
-            classified.unpersist()
+            if classified is not None:
+                classified.unpersist()
+            events.unpersist()
 
 
 @dataclass(frozen=True)
