@@ -17,9 +17,7 @@ from fitbit_stream.transforms.workouts import SESSION_KEY
 __all__ = ["workout_bpm_summary"]
 
 
-def workout_bpm_summary(
-    completed_df: DataFrame, workout_bpm_df: DataFrame, history_df: DataFrame
-) -> DataFrame:
+def workout_bpm_summary(completed_df: DataFrame, workout_bpm_df: DataFrame, history_df: DataFrame) -> DataFrame:
     """``completed_workouts`` x ``workout_bpm`` x ``user_profile_history`` -> ``WORKOUT_BPM_SUMMARY``.
 
     One row per session of ``completed_df`` that has at least one reading with a non-NULL
@@ -53,8 +51,5 @@ def workout_bpm_summary(
         "age": F.when(F.col(PROFILE_VALID_FROM).isNotNull(), age_bin("dob", session_date)),
     }
     return summary.select(
-        *[
-            derived.get(f.name, F.col(f.name)).cast(f.dataType).alias(f.name)
-            for f in WORKOUT_BPM_SUMMARY.fields
-        ]
+        *[derived.get(f.name, F.col(f.name)).cast(f.dataType).alias(f.name) for f in WORKOUT_BPM_SUMMARY.fields]
     )

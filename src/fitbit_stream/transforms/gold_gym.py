@@ -103,9 +103,7 @@ def gym_summary(gym_logs_df: DataFrame, users_df: DataFrame, completed_df: DataF
         *[F.col(c).alias(f"__s_{c}") for c in ("mac_address", *SESSION_KEY, "start_time", "end_time")]
     )
     start = F.col("__s_start_time")
-    in_visit = (F.col("mac_address") == F.col("__s_mac_address")) & start.between(
-        F.col("login"), F.col("logout")
-    )
+    in_visit = (F.col("mac_address") == F.col("__s_mac_address")) & start.between(F.col("login"), F.col("logout"))
     duration = F.unix_micros(F.col("__s_end_time")) - F.unix_micros(start)
     summary = (
         visits.join(member_sessions, in_visit, "left")
@@ -157,9 +155,7 @@ def _visit_hours(visits_df: DataFrame) -> DataFrame:
 
 
 def _hour_keys(hours: DataFrame) -> DataFrame:
-    return hours.select(
-        "gym", _floor_div(F.unix_seconds(F.col("hour")), _SECONDS_PER_HOUR).alias(_H)
-    ).distinct()
+    return hours.select("gym", _floor_div(F.unix_seconds(F.col("hour")), _SECONDS_PER_HOUR).alias(_H)).distinct()
 
 
 def _visits_overlapping(gym_logs_df: DataFrame, keys: DataFrame) -> DataFrame:
@@ -209,9 +205,7 @@ def gym_occupancy(gym_logs_df: DataFrame, *, hours: DataFrame | None = None) -> 
     edges = present.select(*group, F.col(_FROM).alias("__m"), F.lit(1).alias("__d")).unionByName(
         present.select(*group, (F.col(_TO) + 1).alias("__m"), F.lit(-1).alias("__d"))
     )
-    running = (
-        Window.partitionBy(*group).orderBy("__m").rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    )
+    running = Window.partitionBy(*group).orderBy("__m").rowsBetween(Window.unboundedPreceding, Window.currentRow)
     peaks = (
         edges.groupBy(*group, "__m")
         .agg(F.sum("__d").alias("__d"))
