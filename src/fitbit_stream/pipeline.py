@@ -18,11 +18,13 @@ from datetime import UTC, date, datetime
 from functools import partial
 from typing import TYPE_CHECKING
 
+from fitbit_stream.azure import auth_for
 from fitbit_stream.config import Config
-from fitbit_stream.errors import PipelineError
+from fitbit_stream.errors import PipelineError, PreflightError
 from fitbit_stream.io import guard
 from fitbit_stream.io.bronze import SqlIngestResult, Trigger, ingest_sql_sources
 from fitbit_stream.io.commits import Written, caught_up, latest_version, written_since
+from fitbit_stream.io.preflight import check_sources
 from fitbit_stream.io.progress import QUERY_PROGRESS, ProgressRecord, ProgressRecorder, stop_between_batches
 from fitbit_stream.io.tables import TableRef, Tables
 from fitbit_stream.queries import QueryFactory, await_query
@@ -244,6 +246,26 @@ class Pipeline:
         self.tail.run(as_of)
         return 0, f"{TAIL}: done"
 
+    def _explained(self, failure: BaseException) -> BaseException:
+        """A failure during a run, with the cause named when a source has gone away since the run
+        started: the sources are checked again, and a failing one becomes the error (one line).
+        Nothing is lost either way: what a failed batch wrote is replayed from its checkpoint."""
+        if not isinstance(failure, Exception) or isinstance(failure, PreflightError):
+            return failure
+        try:
+            auth = auth_for(self.config)
+            check_sources(
+                self.config, kafka_auth=auth.librdkafka_auth_settings() if self.config.kafka.enabled else None
+            )
+        except PreflightError as gone:
+            return PreflightError(
+                f"{gone} (the run stopped cleanly: nothing is lost, run it again once the source is back; "
+                "it resumes from its checkpoints)"
+            )
+        except Exception:  # the check itself could not run: the original failure says more
+            log.debug("sources could not be checked again", exc_info=True)
+        return failure
+
     def _caught_up(self, spec: QuerySpec) -> bool:
         return caught_up(self.tables.checkpoint(spec.name), [self._ref(t) for t in spec.reads])
 
@@ -360,7 +382,7 @@ class Pipeline:
                     running.remove(run)
                     finish(run)
             if failure is not None:
-                raise failure
+                raise self._explained(failure)
         return report
 
     def run_continuously(
@@ -395,11 +417,14 @@ class Pipeline:
                 tail = any(spec.name == TAIL for spec in specs)
                 while not stop.is_set():
                     if polls_sql:
-                        self._ingest_sql()
+                        try:
+                            self._ingest_sql()
+                        except Exception as exc:
+                            raise self._explained(exc) from None
                     for query in queries:
                         error = query.exception()
                         if error is not None:
-                            raise PipelineError(f"query {query.name!r} failed: {error}")
+                            raise self._explained(PipelineError(f"query {query.name!r} failed: {error}"))
                     if tail:  # the tombstone purge is left to the drains (run --once)
                         self.tail.refresh_user_bins(as_of or datetime.now(UTC).date())
                         self.tail.refresh_date_lookup()

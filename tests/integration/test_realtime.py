@@ -12,9 +12,11 @@ from __future__ import annotations
 from datetime import UTC, date
 from pathlib import Path
 
+import pytest
 from pyspark.sql import SparkSession
 
 from fitbit_stream.config import Config
+from fitbit_stream.errors import PreflightError
 from fitbit_stream.io.ingest import IngestWriter, state_key
 from fitbit_stream.io.silver import LateState
 from fitbit_stream.pipeline import Pipeline
@@ -143,3 +145,26 @@ def test_realtime_drain_plan_has_no_second_hop_to_silver(
         ["derived_workout_bpm", "user_bins+date_lookup+tombstones", "derived_gym_summary", "derived_gym_occupancy"],
         ["derived_workout_bpm_summary"],
     ]
+
+
+def test_a_source_gone_mid_run_stops_with_one_line_and_a_restart_resumes(
+    spark: SparkSession, tmp_path: Path, spark_config: Config
+) -> None:
+    config = world_config(tmp_path, spark_config.jars_dir)
+    Landing(config).add(_records())
+    source = tmp_path / "source.db"
+    moved = tmp_path / "away.db"
+    source.rename(moved)  # the database goes away after the run was checked and started
+    with pytest.raises(PreflightError) as info:
+        Pipeline(spark, config).run_once(as_of=AS_OF)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"sql.url=jdbc:sqlite:{source}" in message
+    assert "nothing is lost, run it again once the source is back" in message
+    # what the run had written stays; the restart completes it
+    assert table(spark, config, "heart_rate").count() == 2
+    moved.rename(source)
+    Pipeline(spark, config).run_once(as_of=AS_OF)
+    summary = table(spark, config, "workout_bpm_summary").select("min_bpm", "max_bpm", "num_recordings").collect()
+    assert [tuple(r) for r in summary] == [(100.0, 100.0, 1)]
+    assert [tuple(r) for r in table(spark, config, "users").select("user_id", "device_id").collect()] == [(1, 101)]
