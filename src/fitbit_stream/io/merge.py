@@ -55,7 +55,9 @@ def with_conflict_retry(action: Callable[[], T], *, what: str, attempts: int = 5
             text = f"{type(exc).__name__}: {exc}"
             if attempt == attempts or not any(marker in text for marker in _CONFLICTS):
                 raise
-            log.warning("%s: concurrent commit conflict (attempt %d/%d), retrying", what, attempt, attempts)
+            # Expected when writers share a table (the topics' quarantine writes): not a user's concern
+            # unless the retries run out, and then the error is raised.
+            log.info("%s: concurrent commit conflict (attempt %d/%d), retrying", what, attempt, attempts)
             time.sleep(min(0.2 * 2**attempt, 5.0))
     raise PipelineError(f"{what}: unreachable")  # pragma: no cover
 
