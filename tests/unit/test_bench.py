@@ -1,22 +1,34 @@
-"""The pure half of the benchmark: figures from literal progress JSON, percentiles, ratios, report."""
+"""The pure half of the benchmark: figures from literal progress JSON, percentiles, ratios, the rate
+search's decisions, the soak's windows, the report's rows and the JSON's keys."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from fitbit_stream.bench.cli import build_parser, options_from_args, parse_scales
+from fitbit_stream.bench.incremental import parse_run_output
+from fitbit_stream.bench.options import PHASES, BenchOptions
 from fitbit_stream.bench.report import (
     BASELINE_COPY,
     BASELINE_HANDWRITTEN,
     BASELINE_NOOP,
     STAGE_ALONE,
     BenchResult,
+    CommandRun,
+    IncrementalFigures,
     LatencyStats,
     QueryFigures,
+    RateStep,
+    ScalePoint,
     SeriesPoint,
+    SoakFigures,
     SteadyFigures,
+    SustainedFigures,
     figures_from_progress,
     format_report,
     job_window,
@@ -25,9 +37,22 @@ from fitbit_stream.bench.report import (
     peak_memory,
     percentile,
     ratio,
+    scaling_growth,
     state_growth_per_minute,
 )
+from fitbit_stream.bench.search import (
+    backlog_ends,
+    judge_step,
+    load_warning,
+    next_rate,
+    nice_rate,
+    seconds_per_million,
+    soak_windows,
+    sustained_rate,
+    window_p95,
+)
 from fitbit_stream.bench.sparkui import job_profile, query_of, sql_label, sql_profile
+from fitbit_stream.bench.steady import ProgressWatch, kafka_end_offsets
 from fitbit_stream.errors import InvalidConfigError
 
 MB = 1024 * 1024
@@ -297,13 +322,15 @@ def test_stage_ratios_divide_rows_per_second_by_each_baseline() -> None:
 def test_targets_compare_elapsed_drain_with_elapsed_copy_and_the_stage_with_the_hand_written_one() -> None:
     lines = [t.line() for t in _result().targets()]
     assert lines == [
+        "p99 event->silver at 2,000 events/s: 6.20 s (target <= 5 s) NOT MET",
+        "p99 event->gold at 2,000 events/s: n/a (target <= 30 s) UNKNOWN",  # 1 of 151 missing: no p99
+        "catch-up after production stops at 2,000 events/s: 12.5 s (target <= 10 s) NOT MET",
         # 1M rows in 250 s elapsed vs 1M rows in 12.5 s elapsed
-        "full drain rows/s vs raw Kafka->Delta copy: 0.05x (target >= 0.5x) NOT MET",
+        "full drain rows/s vs raw Kafka->Delta copy: 0.050x (target >= 0.25x) NOT MET",
         "silver_bpm rows/s vs hand-written PySpark: 0.50x (target >= 0.95x) NOT MET",
-        "p99 event->silver at 2000 events/s: 6.20 s (target <= 5 s) NOT MET",
         "streaming state rows growth per minute: 0.00 (target <= 0) MET",
     ]
-    assert [t.line() for t in _result(with_steady=False).targets()][2:] == []
+    assert [t.key for t in _result(with_steady=False).targets()] == ["drain_vs_copy", "handwritten"]
 
 
 def test_the_stage_run_alone_is_what_the_hand_written_one_is_compared_with() -> None:
@@ -332,7 +359,11 @@ def test_report_shows_stages_ratios_baselines_steady_phase_and_targets() -> None
     assert "  event->silver heart_rate           p50    2.50s  p99    6.20s  max    9.00s" in text
     assert "(150 records, 1 missing)" in text  # gold: its p99 is unknown, shown as "-"
     assert "p99       -s" in text
-    assert text.rstrip().endswith("streaming state rows growth per minute: 0.00 (target <= 0) MET")
+    targets = lines[lines.index("targets:") + 1 :]
+    assert targets[0].split() == ["figure", "measured", "target", "status"]
+    assert targets[-1].split() == ["streaming", "state", "rows", "growth", "per", "minute", "0.00", "<=", "0", "MET"]
+    assert targets[4].split()[-7:] == ["12.5", "s", "<=", "10", "s", "NOT", "MET"]  # catch-up
+    assert targets[3].split()[-5:] == ["n/a", "<=", "30", "s", "UNKNOWN"]  # gold p99 unknown
 
 
 def test_result_json_carries_ratios_and_target_verdicts() -> None:
@@ -340,8 +371,19 @@ def test_result_json_carries_ratios_and_target_verdicts() -> None:
     assert data["stage_ratios"]["silver_bpm"]["vs_handwritten"] == 0.5
     assert data["pipeline_rows_per_elapsed_second"] == 4000.0
     assert data["baselines"][BASELINE_COPY]["rows_per_elapsed_second"] == 80_000.0
-    assert [t["met"] for t in data["targets"]] == [False, False, False, True]
+    assert [(t["key"], t["met"]) for t in data["targets"]] == [
+        ("steady_p99_silver", False),
+        ("steady_p99_gold", None),
+        ("catch_up", False),
+        ("drain_vs_copy", False),
+        ("handwritten", False),
+        ("state_growth", True),
+    ]
+    # the keys the issue's bar names
     assert data["steady"]["event_to_silver"]["p99_ms"] == 6200.0
+    assert data["steady"]["event_to_gold"]["p99_ms"] is None
+    assert data["steady"]["catch_up_seconds"] == 12.5
+    assert (data["sustained"], data["incremental"], data["soak"], data["scaling"]) == (None, None, None, None)
 
 
 def test_steady_profiles_group_by_the_query_a_job_ran_for() -> None:
@@ -368,3 +410,339 @@ def test_steady_profiles_group_by_the_query_a_job_ran_for() -> None:
         {"what": "silver_bpm", "count": 2, "seconds": 1.5},
         {"what": "bronze_kafka_multiplex", "count": 1, "seconds": 0.25},
     ]
+
+
+# --- the sustained-rate search -------------------------------------------------------------------
+
+
+def step(rate: float, holds: bool, why: str = "") -> RateStep:
+    return RateStep(rate, rate, 300, 1000.0 if holds else 9000.0, 0, 100.0, 100.0, holds, why)
+
+
+def nxt(steps: list[RateStep], *, max_rate: float = 64000.0, max_steps: int = 12) -> float | None:
+    """The search of the defaults: start 1,000, floor 125, bisect to 12.5%."""
+    return next_rate(steps, start=1000.0, max_rate=max_rate, min_rate=125.0, resolution=0.125, max_steps=max_steps)
+
+
+def test_the_search_doubles_while_steps_hold_then_bisects_until_within_the_resolution() -> None:
+    steps: list[RateStep] = []
+    assert nxt(steps) == 1000
+    steps += [step(1000, True)]
+    assert nxt(steps) == 2000
+    steps += [step(2000, True), step(4000, True)]
+    assert nxt(steps) == 8000
+    steps += [step(8000, False)]
+    assert nxt(steps) == 6000  # between 4,000 (held) and 8,000 (failed)
+    steps += [step(6000, True)]
+    assert nxt(steps) == 7000
+    steps += [step(7000, False)]
+    assert nxt(steps) == 6500
+    steps += [step(6500, True)]
+    # 6,500 held, 7,000 failed: 7,000 <= 6,500 x 1.125, close enough
+    assert nxt(steps) is None
+    assert sustained_rate(steps, max_rate=64000) == (6500, "bracketed")
+
+
+def test_the_search_halves_when_the_first_step_fails_and_stops_at_the_floor() -> None:
+    steps = [step(1000, False)]
+    assert nxt(steps) == 500
+    steps += [step(500, False), step(250, False), step(125, False)]
+    assert nxt(steps) is None  # 62.5 is below the floor
+    assert sustained_rate(steps, max_rate=64000) == (None, "below_min")
+    steps = [step(1000, False), step(500, True)]
+    assert nxt(steps) == 750
+    assert sustained_rate(steps, max_rate=64000) == (500, "bracketed")
+
+
+def test_the_search_stops_at_the_cap_and_when_the_producer_cannot_keep_up() -> None:
+    steps = [step(1000, True), step(2000, True)]
+    assert nxt(steps, max_rate=3000.0) == 3000  # doubling clipped to the cap
+    steps += [step(3000, True)]
+    assert nxt(steps, max_rate=3000.0) is None
+    assert sustained_rate(steps, max_rate=3000) == (3000, "max_rate")
+    producer = [step(1000, True), step(2000, False, "producer reached only 1,700/s of 2,000/s")]
+    assert producer[1].producer_bound
+    assert nxt(producer) is None
+    assert sustained_rate(producer, max_rate=64000) == (1000, "producer")
+
+
+def test_the_search_ignores_a_hold_above_a_failure_and_respects_the_step_budget() -> None:
+    # noise: 4,000 failed but 6,000 held later; the bracket is [2,000, 4,000]
+    steps = [step(1000, True), step(2000, True), step(4000, False), step(6000, True)]
+    assert nxt(steps) == 3000
+    assert sustained_rate(steps, max_rate=64000) == (2000, "bracketed")
+    steps = [step(1000, True), step(2000, True)]
+    assert nxt(steps, max_steps=2) is None
+    assert sustained_rate(steps, max_rate=64000, max_steps=2) == (2000, "max_steps")
+
+
+def test_a_bisection_rate_is_rounded_to_two_significant_figures() -> None:
+    assert nice_rate(5250) == 5200  # round half to even
+    assert nice_rate(937.5) == 940
+    assert nice_rate(12_345) == 12_000
+    assert nice_rate(3) == 3
+
+
+def test_a_step_holds_with_the_rate_reached_a_p99_under_the_bar_and_a_flat_backlog() -> None:
+    assert judge_step(2000, 1990, 4200.0, 900.0, 2500.0) == (True, "")  # grew 1,600 <= 2,000 (1 s)
+    assert judge_step(2000, 1800, 1000.0, 0.0, 0.0) == (False, "producer reached only 1,800/s of 2,000/s")
+    assert judge_step(2000, 2000, None, 0.0, 0.0)[1].startswith("p99 unknown")
+    assert judge_step(2000, 2000, 5001.0, 0.0, 0.0) == (False, "p99 5.00 s > 5 s")
+    assert judge_step(2000, 2000, 3000.0, 1000.0, 3500.0) == (
+        False,
+        "backlog grew by 2,500 records (allowed 2,000)",
+    )
+    assert judge_step(2000, 2000, 3000.0, None, 10.0) == (False, "no backlog samples in the window")
+    assert judge_step(4, 4, 100.0, 0.0, 9.0) == (True, "")  # at least 10 records of slack
+    assert judge_step(2000, 2000, 6000.0, 0.0, 0.0, p99_bound_ms=10_000) == (True, "")
+
+
+def test_backlog_ends_are_means_over_the_first_and_last_fifth_of_the_window() -> None:
+    # a sawtooth 0, 100, 200 repeating, then growing at the end
+    samples = [(float(t), float((t % 3) * 100)) for t in range(100, 200)]
+    samples += [(float(t), 1000.0) for t in range(180, 200)]
+    first, last = backlog_ends(samples, window_start=100, window_end=200)
+    assert first == pytest.approx(sum((t % 3) * 100 for t in range(100, 121)) / 21)
+    assert last is not None
+    assert last > 500
+    assert backlog_ends([], window_start=100, window_end=200) == (None, None)
+    assert backlog_ends(samples, window_start=200, window_end=100) == (None, None)
+    assert backlog_ends([(100.0, 5.0), (200.0, 7.0)], window_start=100, window_end=200, probe=10) == (5.0, 7.0)
+
+
+# --- soak, scale sweep, load ---------------------------------------------------------------------
+
+
+def test_soak_windows_follow_the_warm_up_and_end_with_production_without_overlapping() -> None:
+    assert soak_windows(1000.0, 2800.0, warmup=30, window=300) == ((1030.0, 1330.0), (2500.0, 2800.0))
+    # a 2-minute smoke soak: two windows of 45 s
+    assert soak_windows(0.0, 120.0, warmup=30, window=300) == ((30.0, 75.0), (75.0, 120.0))
+
+
+def test_window_p95_compares_each_query_last_window_with_its_first() -> None:
+    first, last = (0.0, 100.0), (200.0, 300.0)
+    batches = {
+        # (start s, rows, ms, state): idle batches (0 rows) and batches outside the windows are left out
+        "bronze_kafka_multiplex": [(float(t), 10, 1000, 0) for t in range(0, 100, 10)]
+        + [(float(t), 10, 1100 + t, 0) for t in range(200, 300, 10)]
+        + [(150.0, 10, 99_000, 0), (210.0, 0, 50_000, 0)],
+        "derived_gym_occupancy": [(5.0, 1, 400, 0), (250.0, 1, 800, 0)],
+    }
+    p95 = window_p95(batches, first, last)
+    bronze = p95["bronze_kafka_multiplex"]
+    assert (bronze["first_batches"], bronze["last_batches"], bronze["first_p95_ms"]) == (10, 10, 1000.0)
+    assert bronze["last_p95_ms"] == pytest.approx(1385.5)  # 1,300..1,390: rank 8.55 of 0..9
+    assert bronze["ratio"] == pytest.approx(1.3855)
+    assert p95["derived_gym_occupancy"]["ratio"] is None  # one batch per window: too few for a p95
+
+
+def test_seconds_per_million_and_the_scale_sweeps_largest_over_smallest() -> None:
+    assert seconds_per_million(30.0, 60_000) == 500.0
+    assert seconds_per_million(None, 60_000) is None
+    assert seconds_per_million(30.0, 0) is None
+    points = [
+        ScalePoint(1.0, 1_200_000, 240.0, 200.0),
+        ScalePoint(0.05, 60_000, 30.0, 500.0),
+        ScalePoint(0.25, 300_000, 75.0, 250.0),
+    ]
+    growth, small, large = scaling_growth(points)
+    assert (growth, small, large) == (0.4, points[1], points[0])
+    assert scaling_growth(points[:1]) == (None, None, None)
+
+
+def test_a_phase_starting_on_a_loaded_machine_prints_a_warning() -> None:
+    assert load_warning(1.5, phase="steady") is None
+    assert load_warning(4.25, phase="steady") == (
+        "WARNING: 1-minute load average 4.25 > 1.5 at the start of steady: a figure from a loaded machine is not a "
+        "figure"
+    )
+
+
+# --- progress, incremental run, options ----------------------------------------------------------
+
+
+def test_progress_watch_keeps_the_kafka_offsets_read_and_the_end_of_the_last_work() -> None:
+    watch = ProgressWatch()
+
+    def event(batch: int, at: str, rows: int, ms: int, end: object) -> Any:
+        p = {
+            "id": "q1",
+            "name": "bronze_kafka_multiplex",
+            "batchId": batch,
+            "timestamp": at,
+            "numInputRows": rows,
+            "durationMs": {"triggerExecution": ms},
+            "sources": [{"endOffset": end}],
+        }
+        return SimpleNamespace(progress=SimpleNamespace(json=json.dumps(p)))
+
+    watch.onQueryProgress(event(0, "2026-11-28T10:00:00.000Z", 5, 1500, {"bpm": {"0": 10, "1": 4}}))
+    watch.onQueryProgress(event(1, "2026-11-28T10:00:02.000Z", 0, 100, '{"bpm": {"0": 12}}'))  # JSON text
+    assert watch.end_offsets("bronze_kafka_multiplex") == {("bpm", 0): 12, ("bpm", 1): 4}
+    assert watch.end_offsets("silver_users") == {}
+    assert watch.last_work_end() == datetime(2026, 11, 28, 10, 0, 1, 500000, tzinfo=UTC).timestamp()
+    assert kafka_end_offsets({"sources": [{"endOffset": {"logOffset": 3}}]}) == {}  # a Delta source
+
+
+def test_the_incremental_runs_figures_come_from_its_output() -> None:
+    output = "\n".join(
+        [
+            "[run] sources ok: kafka 127.0.0.1:5000; sql jdbc:sqlite:/x/source.db",
+            "stage                             rows   seconds",
+            "bronze_kafka_multiplex            1000       4.2",
+            "bronze_sql                           0       0.3",
+            "[run] drained in 12.5s",
+        ]
+    )
+    assert parse_run_output(output) == (12.5, 1000)
+    assert parse_run_output("fitbit-stream: error: no broker") == (None, None)
+
+
+def test_bench_flags_build_the_options_and_all_runs_every_phase() -> None:
+    args = build_parser().parse_args(
+        ["--phases", "steady", "--rate", "2000", "--sustain-seconds", "20", "--scales", "0.05,0.25,1.0"]
+    )
+    options = options_from_args(args)
+    assert (options.phases, options.rate, options.sustain_seconds, options.scales) == (
+        ("steady",),
+        2000.0,
+        20.0,
+        (0.05, 0.25, 1.0),
+    )
+    assert options_from_args(build_parser().parse_args([])).phases == PHASES
+    assert PHASES == ("drain", "incremental", "steady", "sustained", "soak", "scaling")
+    assert (BenchOptions().sustain_seconds, BenchOptions().soak_seconds) == (300, 1800)
+    assert BenchOptions(sustain_start_rate=1000).sustain_min_rate == 125
+
+
+def test_bench_options_refuse_what_cannot_be_measured() -> None:
+    with pytest.raises(InvalidConfigError, match="choose from"):
+        BenchOptions(phases=("ramp",))
+    with pytest.raises(InvalidConfigError, match="sustain seconds"):
+        BenchOptions(sustain_seconds=20, warmup_seconds=30)
+    assert BenchOptions(phases=("steady",), sustain_seconds=20).sustain_seconds == 20  # not run: not checked
+    with pytest.raises(InvalidConfigError, match="sustain rates"):
+        BenchOptions(sustain_start_rate=2000, sustain_max_rate=1000)
+    with pytest.raises(InvalidConfigError, match="scale"):
+        BenchOptions(scales=(0.05, 0.0))
+    with pytest.raises(InvalidConfigError, match="scales"):
+        parse_scales("0.05,big")
+
+
+# --- the load phases in the report and the JSON --------------------------------------------------
+
+
+def _full_result() -> BenchResult:
+    result = _result()
+    result.sustained = {
+        "pipeline": SustainedFigures(
+            "pipeline",
+            6500.0,
+            "bracketed",
+            [step(1000, True), step(8000, False, "p99 9.00 s > 5 s")],
+            300,
+            30,
+            5000,
+            1000,
+            64000,
+        ),
+        BASELINE_COPY: SustainedFigures(
+            BASELINE_COPY, 32000.0, "producer", [step(32000, True)], 300, 30, 5000, 1000, 64000
+        ),
+    }
+    result.incremental = IncrementalFigures(
+        ["fitbit-stream", "run", "--once"],
+        [CommandRun("nothing new", 0, 21.5, 0, 6.0, 0), CommandRun("1,000 new records", 1000, 27.25, 0, 11.0, 1000)],
+    )
+    result.soak = SoakFigures(
+        rate_per_second=2000,
+        duration_seconds=1800,
+        warmup_seconds=30,
+        produced=3_600_000,
+        achieved_rate_per_second=2000.0,
+        first_window=(30.0, 330.0),
+        last_window=(1500.0, 1800.0),
+        batch_p95={
+            "bronze_kafka_multiplex": {
+                "first_batches": 90,
+                "last_batches": 88,
+                "first_p95_ms": 2000.0,
+                "last_p95_ms": 2300.0,
+                "ratio": 1.15,
+            }
+        },
+        batch_p95_ratio=1.15,
+        batch_p95_query="bronze_kafka_multiplex",
+        files={"heart_rate": {"start": 40, "end": 52}},
+        backlog_first=1500.0,
+        backlog_last=1600.0,
+        catch_up_seconds=4.0,
+    )
+    result.scaling = [ScalePoint(0.05, 60_000, 30.0, 500.0, 3.0, 50.0), ScalePoint(1.0, 1_200_000, 240.0, 200.0)]
+    result.phase_load = {"steady": {"before": [0.4, 0.5, 0.6], "after": [1.9, 1.0, 0.7]}}
+    return result
+
+
+def test_every_figure_of_the_issue_is_a_row_with_its_target() -> None:
+    rows = {t.key: (t.value, t.bar(), t.verdict) for t in _full_result().targets()}
+    assert rows == {
+        "sustained_rate": (6500.0, ">= 5,000 ev/s", "MET"),
+        "sustained_copy_rate": (32000.0, "-", "-"),
+        "sustained_vs_copy": (6500 / 32000, "-", "-"),
+        "steady_p99_silver": (6.2, "<= 5 s", "NOT MET"),
+        "steady_p99_gold": (None, "<= 30 s", "UNKNOWN"),
+        "catch_up": (12.5, "<= 10 s", "NOT MET"),
+        "drain_vs_copy": (0.05, ">= 0.25x", "NOT MET"),
+        "incremental_nothing_new": (21.5, "<= 25 s", "MET"),
+        "incremental_new": (27.25, "-", "-"),
+        "soak_batch_p95": (1.15, "<= 1.2x", "MET"),
+        "scaling_seconds_per_million": (0.4, "<= 1x", "MET"),
+        "handwritten": (0.5, ">= 0.95x", "NOT MET"),
+        "state_growth": (0.0, "<= 0", "MET"),
+    }
+    names = {t.key: t.name for t in _full_result().targets()}
+    assert names["sustained_copy_rate"] == "raw Kafka->Delta copy's sustained rate, producer-bound: at least"
+    assert names["scaling_seconds_per_million"] == "drain s/M records at scale 1 / at 0.05"
+    nothing_held = _full_result()
+    nothing_held.sustained["pipeline"] = SustainedFigures("pipeline", None, "below_min", [], 300, 30, 5000, 1000, 64000)
+    assert nothing_held.targets()[0].value == 0.0  # nothing held is a rate of 0, not an unknown
+    failed = _full_result()
+    failed.incremental = IncrementalFigures(["x"], [CommandRun("nothing new", 0, 3.0, 1)])
+    assert next(t for t in failed.targets() if t.key == "incremental_nothing_new").value is None
+
+
+def test_the_report_prints_the_search_steps_the_runs_the_soak_and_the_sweep() -> None:
+    text = format_report(_full_result())
+    assert "load (1 min) per phase: steady 0.40 -> 1.90" in text
+    assert "sustained rate, pipeline: 6,500 events/s (bracketed; steps of 300s, warm-up 30s" in text
+    steps = text.split("sustained rate, pipeline")[1].splitlines()[2:4]
+    assert [row.split()[:3] for row in steps] == [["1,000", "1,000", "1.00"], ["8,000", "8,000", "9.00"]]
+    assert steps[0].endswith("holds")
+    assert steps[1].endswith("fails: p99 9.00 s > 5 s")
+    assert "  nothing new            wall    21.5s, exit 0, drained in 6.0s after start-up, Kafka query read 0" in text
+    assert "soak: 3,600,000 records at 2,000/s (asked 2,000/s) for 1800s; first window [30, 330) s" in text
+    assert "Delta files: heart_rate 40->52" in text
+    sweep = [line.split() for line in text.splitlines() if line.strip().startswith(("0.05 ", "1 "))]
+    assert sweep == [["0.05", "60,000", "30.0", "500.0", "3.0", "50.0"], ["1", "1,200,000", "240.0", "200.0", "-", "-"]]
+
+
+def test_the_json_has_every_phase_under_its_key() -> None:
+    data = json.loads(json.dumps(_full_result().to_json(), default=str))
+    assert data["sustained"]["pipeline"]["rate_per_second"] == 6500.0
+    assert data["sustained"]["pipeline"]["steps"][1]["why"] == "p99 9.00 s > 5 s"
+    assert data["sustained"][BASELINE_COPY]["lower_bound"] is True
+    assert data["sustained"]["ratio_to_copy"] == pytest.approx(0.203125)
+    assert data["incremental"]["runs"][0] == {
+        "label": "nothing new",
+        "new_records": 0,
+        "wall_seconds": 21.5,
+        "exit_code": 0,
+        "drained_seconds": 6.0,
+        "ingested_rows": 0,
+    }
+    assert data["soak"]["batch_p95_ratio"] == 1.15
+    assert data["soak"]["files"] == {"heart_rate": {"start": 40, "end": 52}}
+    assert data["scaling"]["largest_over_smallest"] == 0.4
+    assert (data["scaling"]["smallest_scale"], data["scaling"]["largest_scale"]) == (0.05, 1.0)
+    assert data["phase_load"]["steady"] == {"before": [0.4, 0.5, 0.6], "after": [1.9, 1.0, 0.7]}
+    assert {t["key"] for t in data["targets"]} >= {"sustained_rate", "incremental_nothing_new", "soak_batch_p95"}

@@ -2,7 +2,8 @@
 
 - ``kafka_to_noop``: Spark's Kafka source into the ``noop`` sink: what reading the backlog costs.
 - ``kafka_to_delta_copy``: the Kafka rows, unchanged, appended to a Delta table: reading plus the
-  cheapest possible durable write.
+  cheapest possible durable write. ``start_copy`` also runs it as a continuous query, the
+  baseline of the sustained-rate search.
 - ``handwritten_heart_rate``: what a careful notebook does for the heart-rate silver table, in
   idiomatic PySpark: ``from_json`` with a schema, the epoch time cast to TIMESTAMP through a double
   (the notebooks' way; it loses sub-microsecond digits the library keeps exact), duplicates dropped
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
     from fitbit_stream.config import Config
 
-__all__ = ["handwritten_heart_rate", "kafka_to_delta_copy", "kafka_to_noop", "library_heart_rate"]
+__all__ = ["handwritten_heart_rate", "kafka_to_delta_copy", "kafka_to_noop", "library_heart_rate", "start_copy"]
 
 #: The notebook's payload schema: epoch seconds read as a double.
 _BPM_JSON = StructType(
@@ -87,19 +88,29 @@ def kafka_to_noop(spark: SparkSession, config: Config, *, checkpoint: str) -> Qu
     return _drain(query, started)
 
 
-def kafka_to_delta_copy(spark: SparkSession, config: Config, *, path: str, checkpoint: str) -> QueryFigures:
-    """Append every Kafka record, columns as the source gives them, to a Delta table at ``path``."""
-    started = time.monotonic()
-    query = (
+def start_copy(
+    spark: SparkSession, config: Config, *, path: str, checkpoint: str, trigger_seconds: float | None = None
+) -> StreamingQuery:
+    """Start the copy: every Kafka record, columns as the source gives them, appended to a Delta
+    table at ``path``; available-now, or every ``trigger_seconds`` (the sustained-rate search)."""
+    writer = (
         _kafka(spark, config)
         .writeStream.format("delta")
         .queryName(BASELINE_COPY)
         .outputMode("append")
         .option("checkpointLocation", checkpoint)
-        .trigger(availableNow=True)
-        .start(path)
     )
-    return _drain(query, started)
+    if trigger_seconds is None:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{trigger_seconds} seconds")
+    return writer.start(path)
+
+
+def kafka_to_delta_copy(spark: SparkSession, config: Config, *, path: str, checkpoint: str) -> QueryFigures:
+    """Append every Kafka record, columns as the source gives them, to a Delta table at ``path``."""
+    started = time.monotonic()
+    return _drain(start_copy(spark, config, path=path, checkpoint=checkpoint), started)
 
 
 def _drain_bpm_stage(

@@ -14,6 +14,10 @@ Definitions used throughout (``bench/README.md`` explains why):
   the caller; the whole-pipeline and the raw-copy figures of the first target compare this one.
 - percentiles: linear interpolation between the closest ranks (numpy's default, Spark's
   ``percentile``), so figures computed here and in Spark SQL agree.
+
+The targets are issue 13's (``targets``): sustained rate, latency and catch-up at 2,000 events/s,
+drain against the copy, the incremental ``run --once``, the soak and the scale sweep; each printed
+with its measured value and verdict (``format_report``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from fitbit_stream.errors import InvalidConfigError
 
@@ -32,10 +36,17 @@ __all__ = [
     "BASELINE_NOOP",
     "STAGE_ALONE",
     "BenchResult",
+    "CommandRun",
+    "IncrementalFigures",
     "LatencyStats",
+    "Limit",
     "QueryFigures",
+    "RateStep",
+    "ScalePoint",
     "SeriesPoint",
+    "SoakFigures",
     "SteadyFigures",
+    "SustainedFigures",
     "Target",
     "figures_from_progress",
     "format_report",
@@ -273,6 +284,138 @@ class SteadyFigures:
     batch_ms: dict[str, dict[str, float | int | None]]
     heap_peak_bytes: int | None = None
     rss_peak_bytes: int | None = None
+    #: the streaming queries that ran (``Pipeline.query_names()``): every one caught up for catch-up
+    queries: list[str] = field(default_factory=list)
+    #: mean Kafka backlog of the ingest query over the first and last fifth of the measured window
+    backlog_start: float | None = None
+    backlog_end: float | None = None
+
+
+# --- the load phases: sustained rate, incremental run, soak, scale sweep ------------------------
+
+#: Why a rate search ended where it did: ``bracketed`` (a rate held and a higher one failed, within
+#: the resolution), ``max_rate`` (held at the cap: a lower bound), ``producer`` (the producer could
+#: not reach a higher rate: a lower bound), ``below_min`` (nothing held down to the floor),
+#: ``max_steps`` (the step budget ran out first).
+Limit = Literal["bracketed", "max_rate", "producer", "below_min", "max_steps"]
+
+
+@dataclass(frozen=True)
+class RateStep:
+    """One step of a rate search: production at ``rate`` events/s on a fresh pipeline or copy."""
+
+    rate: float
+    #: what the producer achieved over the whole step, events/s: the rate times the share of the
+    #: plan's readings it produced
+    achieved_rate: float
+    #: seconds of production (warm-up included)
+    seconds: float
+    #: p99 event->silver (copy: event->copy table) of the readings produced after the warm-up
+    p99_ms: float | None
+    #: readings produced after the warm-up and not seen by the end of the wait
+    missing: int
+    #: mean Kafka backlog of the ingest query (records) over the first and last probe of the window
+    backlog_start: float | None
+    backlog_end: float | None
+    holds: bool
+    #: why it does not hold ("" when it does)
+    why: str = ""
+    #: the 1-minute load average when the step started
+    load_before: float | None = None
+
+    @property
+    def producer_bound(self) -> bool:
+        return self.why.startswith("producer")
+
+
+@dataclass(frozen=True)
+class SustainedFigures:
+    """A search for the highest rate one system (the pipeline, or the copy) holds."""
+
+    system: str
+    #: the highest rate that held below the lowest that failed (None: nothing held)
+    rate_per_second: float | None
+    limit: Limit
+    steps: list[RateStep]
+    step_seconds: float
+    warmup_seconds: float
+    p99_bound_ms: float
+    start_rate: float
+    max_rate: float
+
+    @property
+    def lower_bound(self) -> bool:
+        """The system held the rate and was not pushed past it (cap or producer): it may hold more."""
+        return self.limit in ("max_rate", "producer")
+
+
+@dataclass(frozen=True)
+class CommandRun:
+    """One ``fitbit-stream run --once`` as a subprocess, timed from spawn to exit."""
+
+    label: str
+    new_records: int
+    wall_seconds: float
+    exit_code: int
+    #: the command's own "drained in" figure: after Spark started and the pipeline was set up
+    drained_seconds: float | None = None
+    #: the records its Kafka query read (from the run's stage table)
+    ingested_rows: int | None = None
+
+
+@dataclass(frozen=True)
+class IncrementalFigures:
+    command: list[str]
+    runs: list[CommandRun]
+
+    def with_new(self, records: int) -> CommandRun | None:
+        return next((r for r in self.runs if r.new_records == records), None)
+
+
+@dataclass(frozen=True)
+class SoakFigures:
+    rate_per_second: float
+    duration_seconds: float
+    warmup_seconds: float
+    produced: int
+    achieved_rate_per_second: float
+    #: [start, end) seconds from the start of production of the first and the last window
+    first_window: tuple[float, float]
+    last_window: tuple[float, float]
+    #: per query: batches and p95 batch duration in each window, and last over first
+    batch_p95: dict[str, dict[str, float | int | None]]
+    #: the greatest last/first ratio over the queries with enough batches, and that query
+    batch_p95_ratio: float | None
+    batch_p95_query: str | None
+    #: per silver and gold table: Delta files at the start of the first window and the end of the last
+    files: dict[str, dict[str, int | None]]
+    #: mean Kafka backlog of the ingest query over the first and the last window
+    backlog_first: float | None
+    backlog_last: float | None
+    event_to_silver_first: LatencyStats | None = None
+    event_to_silver_last: LatencyStats | None = None
+    catch_up_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class ScalePoint:
+    """One drain of the scale sweep (seconds: the clock around ``run_once``, as in the drain phase)."""
+
+    scale: float
+    kafka_records: int
+    seconds: float
+    seconds_per_million: float | None
+    copy_seconds: float | None = None
+    copy_seconds_per_million: float | None = None
+
+
+def scaling_growth(points: Sequence[ScalePoint]) -> tuple[float | None, ScalePoint | None, ScalePoint | None]:
+    """Seconds per million records at the largest scale over the smallest (and those two points)."""
+    known = sorted((p for p in points if p.seconds_per_million), key=lambda p: p.scale)
+    if len(known) < 2:
+        return None, None, None
+    small, large = known[0], known[-1]
+    return ratio(large.seconds_per_million, small.seconds_per_million), small, large
 
 
 # --- result, targets, report ---------------------------------------------------------------------
@@ -280,23 +423,42 @@ class SteadyFigures:
 
 @dataclass(frozen=True)
 class Target:
+    """One figure of the issue with its bar (``bound`` None: a figure reported without a bar)."""
+
+    key: str
     name: str
     value: float | None
-    bound: float
+    bound: float | None
     #: ">=" or "<="
-    op: str
+    op: str = "<="
     unit: str = ""
+    digits: int = 2
 
     @property
     def met(self) -> bool | None:
-        if self.value is None:
+        if self.value is None or self.bound is None:
             return None
         return self.value >= self.bound if self.op == ">=" else self.value <= self.bound
 
+    @property
+    def verdict(self) -> str:
+        if self.bound is None:
+            return "-"
+        return {True: "MET", False: "NOT MET", None: "UNKNOWN"}[self.met]
+
+    def shown(self) -> str:
+        return "n/a" if self.value is None else f"{self.value:,.{self.digits}f}{self.unit}"
+
+    def bar(self) -> str:
+        return "-" if self.bound is None else f"{self.op} {self.bound:,g}{self.unit}"
+
     def line(self) -> str:
-        shown = "n/a" if self.value is None else f"{self.value:,.2f}{self.unit}"
-        verdict = {True: "MET", False: "NOT MET", None: "UNKNOWN"}[self.met]
-        return f"{self.name}: {shown} (target {self.op} {self.bound:g}{self.unit}) {verdict}"
+        if self.bound is None:
+            return f"{self.name}: {self.shown()}"
+        return f"{self.name}: {self.shown()} (target {self.bar()}) {self.verdict}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "met": self.met}
 
 
 @dataclass
@@ -308,6 +470,13 @@ class BenchResult:
     pipeline: QueryFigures | None = None
     baselines: dict[str, QueryFigures] = field(default_factory=dict)
     steady: SteadyFigures | None = None
+    #: per system ("pipeline", the copy): the rate search
+    sustained: dict[str, SustainedFigures] = field(default_factory=dict)
+    incremental: IncrementalFigures | None = None
+    soak: SoakFigures | None = None
+    scaling: list[ScalePoint] = field(default_factory=list)
+    #: per phase: the load average (1, 5, 15 min) before and after it
+    phase_load: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     #: per stage: where the time went (durationMs phases, top Spark jobs)
     profile: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -327,13 +496,23 @@ class BenchResult:
             }
         return out
 
+    def sustained_ratio(self) -> float | None:
+        """The pipeline's sustained rate over the copy's."""
+        pipeline, copy = self.sustained.get("pipeline"), self.sustained.get(BASELINE_COPY)
+        return ratio(
+            pipeline.rate_per_second if pipeline else None,
+            copy.rate_per_second if copy else None,
+        )
+
     def targets(self) -> list[Target]:
         return targets(self)
 
     def to_json(self) -> dict[str, Any]:
+        growth, small, large = scaling_growth(self.scaling)
         return {
             "machine": self.machine,
             "settings": self.settings,
+            "phase_load": self.phase_load,
             "backlog": self.backlog,
             "stages": [s.to_json() for s in self.stages],
             "pipeline": self.pipeline.to_json() if self.pipeline else None,
@@ -344,35 +523,171 @@ class BenchResult:
             },
             "stage_ratios": self.stage_ratios(),
             "steady": asdict(self.steady) if self.steady else None,
-            "targets": [{**asdict(t), "met": t.met} for t in self.targets()],
+            "sustained": {
+                **{k: {**asdict(v), "lower_bound": v.lower_bound} for k, v in self.sustained.items()},
+                "ratio_to_copy": self.sustained_ratio(),
+            }
+            if self.sustained
+            else None,
+            "incremental": asdict(self.incremental) if self.incremental else None,
+            "soak": asdict(self.soak) if self.soak else None,
+            "scaling": {
+                "points": [asdict(p) for p in self.scaling],
+                "largest_over_smallest": growth,
+                "smallest_scale": small.scale if small else None,
+                "largest_scale": large.scale if large else None,
+            }
+            if self.scaling
+            else None,
+            "targets": [t.to_json() for t in self.targets()],
             "profile": self.profile,
             "notes": self.notes,
         }
 
 
+def _sustained_name(figures: SustainedFigures | None, what: str) -> str:
+    if figures is None:
+        return what
+    qualifier = {
+        "bracketed": "",
+        "max_rate": ", held at the cap: at least",
+        "producer": ", producer-bound: at least",
+        "below_min": ", nothing held",
+        "max_steps": ", step budget ran out",
+    }[figures.limit]
+    return f"{what}{qualifier}"
+
+
 def targets(result: BenchResult) -> list[Target]:
-    """The four bars of the benchmark issue, as far as this result has the figures."""
+    """Issue 13's bars (and the figures reported beside them), as far as this result has the figures;
+    then the earlier benchmark's stage and state bars."""
     out: list[Target] = []
+    pipeline_sus = result.sustained.get("pipeline")
+    copy_sus = result.sustained.get(BASELINE_COPY)
+    if pipeline_sus is not None:
+        rate = pipeline_sus.rate_per_second
+        out.append(
+            Target(
+                "sustained_rate",
+                _sustained_name(
+                    pipeline_sus,
+                    f"sustained rate (p99 event->silver <= {pipeline_sus.p99_bound_ms / 1000:g} s, backlog flat)",
+                ),
+                0.0 if rate is None and pipeline_sus.limit == "below_min" else rate,
+                5000.0,
+                ">=",
+                " ev/s",
+                0,
+            )
+        )
+    if copy_sus is not None:
+        out.append(
+            Target(
+                "sustained_copy_rate",
+                _sustained_name(copy_sus, "raw Kafka->Delta copy's sustained rate"),
+                copy_sus.rate_per_second,
+                None,
+                unit=" ev/s",
+                digits=0,
+            )
+        )
+    if pipeline_sus is not None and copy_sus is not None:
+        out.append(
+            Target(
+                "sustained_vs_copy",
+                "sustained rate vs the copy's" + (" (at most: the copy may hold more)" if copy_sus.lower_bound else ""),
+                result.sustained_ratio(),
+                None,
+                unit="x",
+                digits=3,
+            )
+        )
+    steady = result.steady
+    if steady is not None:
+        at = f"at {steady.rate_per_second:,g} events/s"
+        for key, label, stats, bound in (
+            ("steady_p99_silver", "p99 event->silver", steady.event_to_silver, 5.0),
+            ("steady_p99_gold", "p99 event->gold", steady.event_to_gold, 30.0),
+        ):
+            p99 = stats.p99_ms
+            out.append(Target(key, f"{label} {at}", None if p99 is None else p99 / 1000, bound, "<=", " s"))
+        out.append(
+            Target("catch_up", f"catch-up after production stops {at}", steady.catch_up_seconds, 10.0, "<=", " s", 1)
+        )
     copy = result.baselines.get(BASELINE_COPY)
-    hand = result.baselines.get(BASELINE_HANDWRITTEN)
     if result.pipeline is not None or copy is not None:
         out.append(
             Target(
+                "drain_vs_copy",
                 "full drain rows/s vs raw Kafka->Delta copy",
                 ratio(
                     result.pipeline.rows_per_elapsed_second if result.pipeline else None,
                     copy.rows_per_elapsed_second if copy else None,
                 ),
-                0.5,
+                0.25,
                 ">=",
+                "x",
+                3,
+            )
+        )
+    if result.incremental is not None:
+        idle = result.incremental.with_new(0)
+        out.append(
+            Target(
+                "incremental_nothing_new",
+                "run --once wall with nothing new (Spark start included)",
+                idle.wall_seconds if idle and idle.exit_code == 0 else None,
+                25.0,
+                "<=",
+                " s",
+                1,
+            )
+        )
+        for run in result.incremental.runs:
+            if run.new_records:
+                out.append(
+                    Target(
+                        "incremental_new",
+                        f"run --once wall with {run.new_records:,} new records",
+                        run.wall_seconds if run.exit_code == 0 else None,
+                        None,
+                        unit=" s",
+                        digits=1,
+                    )
+                )
+    soak = result.soak
+    if soak is not None:
+        out.append(
+            Target(
+                "soak_batch_p95",
+                f"soak: last-window batch p95 / first ({soak.batch_p95_query or 'no query with enough batches'})",
+                soak.batch_p95_ratio,
+                1.2,
+                "<=",
                 "x",
             )
         )
+    growth, small, large = scaling_growth(result.scaling)
+    if result.scaling:
+        out.append(
+            Target(
+                "scaling_seconds_per_million",
+                f"drain s/M records at scale {large.scale:g} / at {small.scale:g}"
+                if small and large
+                else "drain s/M records, largest scale / smallest",
+                growth,
+                1.0,
+                "<=",
+                "x",
+            )
+        )
+    hand = result.baselines.get(BASELINE_HANDWRITTEN)
     alone = result.baselines.get(STAGE_ALONE)
     stage = alone or next((s for s in result.stages if s.name == HANDWRITTEN_STAGE), None)
     if stage is not None or hand is not None:
         out.append(
             Target(
+                "handwritten",
                 f"{HANDWRITTEN_STAGE}{' (alone)' if alone else ''} rows/s vs hand-written PySpark",
                 ratio(stage.rows_per_second if stage else None, hand.rows_per_second if hand else None),
                 0.95,
@@ -380,19 +695,10 @@ def targets(result: BenchResult) -> list[Target]:
                 "x",
             )
         )
-    steady = result.steady
     if steady is not None:
-        p99 = steady.event_to_silver.p99_ms
         out.append(
-            Target(
-                f"p99 event->silver at {steady.rate_per_second:g} events/s",
-                None if p99 is None else p99 / 1000,
-                5.0,
-                "<=",
-                " s",
-            )
+            Target("state_growth", "streaming state rows growth per minute", steady.state_growth_per_minute, 0.0)
         )
-        out.append(Target("streaming state rows growth per minute", steady.state_growth_per_minute, 0.0, "<=", ""))
     return out
 
 
@@ -408,8 +714,89 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value / 1000:,.2f}"
 
 
+def _load(values: Sequence[float] | None) -> str:
+    return "?" if not values else f"{values[0]:.2f}"
+
+
+def format_targets(checks: Sequence[Target]) -> list[str]:
+    """The figures-and-targets table: figure, measured, target, verdict."""
+    width = max((len(t.name) for t in checks), default=6)
+    header = f"{'figure':<{width}}  {'measured':>14}  {'target':>14}  status"
+    lines = [header, "-" * len(header)]
+    lines += [f"{t.name:<{width}}  {t.shown():>14}  {t.bar():>14}  {t.verdict}" for t in checks]
+    return lines
+
+
+def _format_sustained(figures: SustainedFigures) -> list[str]:
+    rate = "none held" if figures.rate_per_second is None else f"{figures.rate_per_second:,.0f} events/s"
+    lines = [
+        f"sustained rate, {figures.system}: {rate} ({figures.limit}; steps of {figures.step_seconds:g}s, "
+        f"warm-up {figures.warmup_seconds:g}s, p99 bar {figures.p99_bound_ms / 1000:g} s, "
+        f"start {figures.start_rate:,g}/s, cap {figures.max_rate:,g}/s)",
+        f"  {'rate/s':>8} {'achieved':>9} {'p99 s':>7} {'missing':>8} {'backlog 1st':>11} {'backlog end':>11} "
+        f"{'load':>5}  verdict",
+    ]
+    for s in figures.steps:
+        lines.append(
+            f"  {s.rate:>8,.0f} {s.achieved_rate:>9,.0f} {_ms(s.p99_ms):>7} {s.missing:>8,} "
+            f"{_num(s.backlog_start):>11} {_num(s.backlog_end):>11} {_num(s.load_before, '.2f'):>5}  "
+            + ("holds" if s.holds else f"fails: {s.why}")
+        )
+    return lines
+
+
+def _format_incremental(figures: IncrementalFigures) -> list[str]:
+    lines = [f"incremental: {' '.join(figures.command)}"]
+    for run in figures.runs:
+        drained = "" if run.drained_seconds is None else f", drained in {run.drained_seconds:.1f}s after start-up"
+        read = "" if run.ingested_rows is None else f", Kafka query read {run.ingested_rows:,}"
+        lines.append(f"  {run.label:<22} wall {run.wall_seconds:>7.1f}s, exit {run.exit_code}{drained}{read}")
+    return lines
+
+
+def _format_soak(soak: SoakFigures) -> list[str]:
+    f0, f1 = soak.first_window
+    l0, l1 = soak.last_window
+    lines = [
+        f"soak: {soak.produced:,} records at {soak.achieved_rate_per_second:,.0f}/s (asked "
+        f"{soak.rate_per_second:,g}/s) for {soak.duration_seconds:g}s; first window [{f0:.0f}, {f1:.0f}) s, "
+        f"last [{l0:.0f}, {l1:.0f}) s; backlog mean {_num(soak.backlog_first)} -> {_num(soak.backlog_last)}; "
+        "caught up "
+        + ("never (grace ran out)" if soak.catch_up_seconds is None else f"{soak.catch_up_seconds:.1f}s after"),
+        f"  {'query':<34} {'batches':>9} {'p95 first s':>11} {'p95 last s':>10} {'last/first':>10}",
+    ]
+    for name, row in soak.batch_p95.items():
+        r = row.get("ratio")
+        lines.append(
+            f"  {name:<34} {row.get('first_batches', 0)!s:>4}/{row.get('last_batches', 0)!s:<4} "
+            f"{_ms(row.get('first_p95_ms')):>11} {_ms(row.get('last_p95_ms')):>10} {_num(r, '.2f'):>10}"
+        )
+    if soak.event_to_silver_first is not None and soak.event_to_silver_last is not None:
+        lines.append(
+            f"  event->silver p99 first {_ms(soak.event_to_silver_first.p99_ms)}s, "
+            f"last {_ms(soak.event_to_silver_last.p99_ms)}s"
+        )
+    if soak.files:
+        lines.append(
+            "  Delta files: "
+            + ", ".join(f"{table} {_num(n.get('start'))}->{_num(n.get('end'))}" for table, n in soak.files.items())
+        )
+    return lines
+
+
+def _format_scaling(points: Sequence[ScalePoint]) -> list[str]:
+    lines = [f"scaling: {'scale':>6} {'records':>10} {'drain s':>8} {'s/M rec':>8} {'copy s':>7} {'copy s/M':>8}"]
+    for p in sorted(points, key=lambda p: p.scale):
+        lines.append(
+            f"         {p.scale:>6g} {p.kafka_records:>10,} {p.seconds:>8.1f} {_num(p.seconds_per_million, ',.1f'):>8} "
+            f"{_num(p.copy_seconds, ',.1f'):>7} {_num(p.copy_seconds_per_million, ',.1f'):>8}"
+        )
+    return lines
+
+
 def format_report(result: BenchResult) -> str:
-    """The short table: per stage and baseline rows, seconds, rows/s, ratios, memory, state."""
+    """The short table: per stage and baseline rows, seconds, rows/s, ratios, memory, state; then the
+    load phases and every figure with its target."""
     lines: list[str] = []
     m = result.machine
     lines.append(
@@ -420,6 +807,14 @@ def format_report(result: BenchResult) -> str:
     lines.append(
         "settings: " + ", ".join(f"{k}={s[k]}" for k in ("scale", "partitions", "shuffle_partitions", "seed") if k in s)
     )
+    if result.phase_load:
+        lines.append(
+            "load (1 min) per phase: "
+            + ", ".join(
+                f"{phase} {_load(load.get('before'))} -> {_load(load.get('after'))}"
+                for phase, load in result.phase_load.items()
+            )
+        )
     if result.backlog:
         b = result.backlog
         lines.append(
@@ -464,6 +859,9 @@ def format_report(result: BenchResult) -> str:
             )
     if result.stages or result.baselines or result.pipeline:
         lines += rows
+    if result.incremental is not None:
+        lines.append("")
+        lines += _format_incremental(result.incremental)
     steady = result.steady
     if steady is not None:
         lines.append("")
@@ -494,9 +892,21 @@ def format_report(result: BenchResult) -> str:
                 f"  {point.t_seconds:>7.0f} {point.records:>8,} {_ms(point.silver_p50_ms):>7} "
                 f"{_ms(point.silver_p99_ms):>7} {point.state_rows:>6} {_num(point.event_time_state_rows):>9}"
             )
+    for figures in result.sustained.values():
+        lines.append("")
+        lines += _format_sustained(figures)
+    if result.soak is not None:
+        lines.append("")
+        lines += _format_soak(result.soak)
+    if result.scaling:
+        lines.append("")
+        lines += _format_scaling(result.scaling)
     checks = result.targets()
     if checks:
         lines.append("")
         lines.append("targets:")
-        lines += [f"  {t.line()}" for t in checks]
+        lines += [f"  {line}" for line in format_targets(checks)]
+    if result.notes:
+        lines.append("")
+        lines += [f"note: {note}" for note in result.notes]
     return "\n".join(lines)

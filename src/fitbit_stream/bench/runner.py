@@ -1,105 +1,77 @@
-"""``fitbit-stream bench``: one command from a fresh clone to the figures and their ratios.
+"""``fitbit-stream bench``: one command from a fresh clone to the figures, their ratios and targets.
 
 A run owns everything it measures: a Kafka broker on free loopback ports with its data under the
-run's work directory, its own SQLite source, table and checkpoint roots per phase, and one Spark
-session whose UI (loopback, free port) serves the stage and job figures. Nothing is shared with
-another run or with ``data/lake``; the work directory is deleted afterwards unless ``keep``.
+run's work directory, its own SQLite source, table and checkpoint roots (and topics) per phase and
+per step, and one Spark session whose UI (loopback, free port) serves the stage and job figures.
+Nothing is shared with another run or with ``data/lake``; the work directory is deleted afterwards
+unless ``keep``.
 
-Phases:
+Phases (``PHASES``, in this order; ``bench/README.md`` has the rules behind each figure):
 
 1. drain: preload a seeded backlog; run the baselines ``kafka_to_noop`` and ``kafka_to_delta_copy``;
    drain bronze -> silver -> gold with ``Pipeline.run_once`` (available-now triggers); run the
    hand-written heart-rate baseline over the same bronze table. Per-stage figures come from the
    progress the pipeline persists in ``_query_progress``; memory from the Spark UI's stage peaks.
-2. steady: members set up, every query running with processing-time triggers, records produced at a
-   fixed rate for a while; latencies measured from the tables' change feeds (see ``steady``).
+2. incremental: ``fitbit-stream run --once`` as a subprocess on the drained state, with nothing new
+   and with 1,000 new records; wall time of the whole command.
+3. steady: every query running with processing-time triggers, records produced at ``rate`` for
+   ``steady_seconds``; latencies from the tables' change feeds, catch-up from the progress.
+4. sustained: the highest rate the pipeline holds (bounded backlog, p99 event->silver <= 5 s), by a
+   search over rates of ``sustain_seconds`` steps; the same for the raw copy; their ratio.
+5. soak: ``soak_seconds`` at ``rate``; batch p95 and Delta file counts, last window against first.
+6. scaling: the drain at each of ``scales``, as seconds per million Kafka records.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import resource
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from datetime import UTC, date, datetime
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from fitbit_stream.bench.options import AS_OF, PHASES, BenchOptions
 from fitbit_stream.bench.report import (
     BASELINE_COPY,
     BASELINE_HANDWRITTEN,
     BASELINE_NOOP,
     STAGE_ALONE,
     BenchResult,
+    LatencyStats,
     QueryFigures,
-    SteadyFigures,
+    SustainedFigures,
     figures_from_progress,
     format_report,
     job_window,
     peak_memory,
-    percentile,
-    state_growth_per_minute,
 )
+from fitbit_stream.bench.search import load_warning
 from fitbit_stream.config import Config, KafkaTopics
-from fitbit_stream.errors import InvalidConfigError, PipelineError
+from fitbit_stream.errors import PipelineError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from fitbit_stream.bench.backlog import Backlog
     from fitbit_stream.bench.sparkui import SparkUi
     from fitbit_stream.platform.kafka import KafkaBroker
 
 __all__ = ["PHASES", "BenchOptions", "bench_spark_conf", "machine_info", "run_bench", "write_results"]
 
 log = logging.getLogger(__name__)
-
-PHASES = ("drain", "steady")
-#: The reference date of the batch tail (user_bins): fixed, so every run computes the same rows.
-AS_OF = date(2025, 6, 1)
-_STEADY_TOPICS = KafkaTopics(user_info="steady_user_info", bpm="steady_bpm", workout="steady_workout")
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    scale: float = 1.0
-    seed: int = 42
-    chaos: float = 0.001
-    phases: tuple[str, ...] = PHASES
-    baselines: bool = True
-    rate: float = 2000.0
-    steady_seconds: float = 180.0
-    warmup_seconds: float = 30.0
-    grace_seconds: float = 120.0
-    trigger_seconds: float = 1.0
-    bucket_seconds: float = 10.0
-    work_dir: Path = Path("data/bench")
-    out_dir: Path | None = Path("bench/results")
-    driver_memory: str = "2g"
-    keep: bool = False
-
-    def __post_init__(self) -> None:
-        unknown = set(self.phases) - set(PHASES)
-        if unknown or not self.phases:
-            raise InvalidConfigError(f"bench phases: choose from {', '.join(PHASES)}, got {list(self.phases)}")
-        if self.scale <= 0:
-            raise InvalidConfigError(f"bench scale: must be positive, got {self.scale!r}")
-        if self.rate < 3:
-            raise InvalidConfigError(f"bench rate: at least 3 events/s (readings and a session), got {self.rate!r}")
-        if self.steady_seconds <= self.warmup_seconds:
-            raise InvalidConfigError(
-                f"bench steady seconds ({self.steady_seconds:g}) must exceed the warm-up ({self.warmup_seconds:g})"
-            )
-
 
 # --- environment ---------------------------------------------------------------------------------
 
@@ -179,6 +151,14 @@ def _read_text(path: str) -> str:
         return ""
 
 
+def _topics(prefix: str) -> KafkaTopics:
+    return KafkaTopics(user_info=f"{prefix}_user_info", bpm=f"{prefix}_bpm", workout=f"{prefix}_workout")
+
+
+def _load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def machine_info() -> dict[str, Any]:
     """What the figures were measured on (no host name: the hardware and the load are what matter)."""
     cpu = next(
@@ -210,7 +190,7 @@ def machine_info() -> dict[str, Any]:
         "pyspark": pkg("pyspark"),
         "delta_spark": pkg("delta-spark"),
         "java": java_version,
-        "load_before": [round(x, 2) for x in os.getloadavg()],
+        "load_before": _load_avg(),
     }
 
 
@@ -236,6 +216,22 @@ def _with_memory(figures: QueryFigures, stages: Sequence[dict[str, Any]]) -> Que
     return figures.with_memory(heap, rss)
 
 
+def _preload(
+    config: Config, options: BenchOptions, *, scale: float, broker: KafkaBroker, show: Callable[[str], None]
+) -> Backlog:
+    """The seeded backlog at ``scale`` into ``config``'s topics and SQLite source."""
+    from fitbit_stream.bench.backlog import backlog_knobs, preload
+    from fitbit_stream.generator.emit import Progress
+
+    knobs = backlog_knobs(config, scale=scale, seed=options.seed, chaos=options.chaos)
+
+    def generated(p: Progress) -> None:
+        show(f"[bench] backlog {p.emitted:,}/{p.total:,} records, {p.rate:,.0f}/s" + (" (done)" if p.done else ""))
+
+    show(f"[bench] preloading the backlog: {knobs.users} members, {knobs.days:g} day, seed {knobs.seed}")
+    return preload(config, knobs, broker=broker, progress=generated)
+
+
 def _drain(
     spark: SparkSession,
     config: Config,
@@ -247,7 +243,6 @@ def _drain(
     result: BenchResult,
     show: Callable[[str], None],
 ) -> None:
-    from fitbit_stream.bench.backlog import backlog_knobs, preload
     from fitbit_stream.bench.baselines import (
         handwritten_heart_rate,
         kafka_to_delta_copy,
@@ -255,17 +250,10 @@ def _drain(
         library_heart_rate,
     )
     from fitbit_stream.bench.sparkui import job_profile, sql_profile
-    from fitbit_stream.generator.emit import Progress
     from fitbit_stream.io.tables import Tables
     from fitbit_stream.pipeline import Pipeline
 
-    knobs = backlog_knobs(config, scale=options.scale, seed=options.seed, chaos=options.chaos)
-
-    def generated(p: Progress) -> None:
-        show(f"[bench] backlog {p.emitted:,}/{p.total:,} records, {p.rate:,.0f}/s" + (" (done)" if p.done else ""))
-
-    show(f"[bench] preloading the backlog: {knobs.users} members, {knobs.days:g} day, seed {knobs.seed}")
-    backlog = preload(config, knobs, broker=broker, progress=generated)
+    backlog = _preload(config, options, scale=options.scale, broker=broker, show=show)
     result.backlog = {**asdict(backlog), "records_per_second": round(backlog.records_per_second)}
     base = run_dir / "baselines"
     if options.baselines:
@@ -345,7 +333,18 @@ def _drain(
     result.profile["pipeline_between_stages_seconds"] = round(elapsed - accounted, 3)
 
 
-# --- the steady phase ----------------------------------------------------------------------------
+# --- phases on a running system: steady, sustained, soak -----------------------------------------
+
+
+def _state_series(batches: dict[str, list[tuple[float, int, int, int]]]) -> Callable[[float], int]:
+    def state_at(at: float) -> int:
+        total = 0
+        for rows in batches.values():
+            last = [state for t, _n, _ms, state in rows if t <= at]
+            total += last[-1] if last else 0
+        return total
+
+    return state_at
 
 
 def _steady(
@@ -358,85 +357,58 @@ def _steady(
     result: BenchResult,
     show: Callable[[str], None],
 ) -> None:
+    from fitbit_stream.bench.load import run_load
+    from fitbit_stream.bench.report import SteadyFigures, percentile, state_growth_per_minute
+    from fitbit_stream.bench.search import backlog_ends
     from fitbit_stream.bench.sparkui import job_profile, sql_profile
-    from fitbit_stream.bench.steady import ProgressWatch, SteadyPlan, SteadyProducer, measure, setup_members
-    from fitbit_stream.pipeline import Pipeline
+    from fitbit_stream.bench.steady import measure
 
-    broker.ensure_topics(config.kafka.topics.names(), config.kafka.partitions)
-    # Sessions last a third of the run (at most a minute), so a short run still completes some.
-    session_seconds = min(60.0, max(5.0, (options.steady_seconds - options.warmup_seconds) / 3))
-    plan = SteadyPlan.for_rate(options.rate, seed=options.seed, session_seconds=session_seconds)
-    members = setup_members(config, plan, at_us=time.time_ns() // 1000 - 3600 * 1_000_000)
-    show(f"[bench] steady: {members} members registered; starting every query (trigger {options.trigger_seconds:g}s)")
-    pipeline = Pipeline(spark, config)
-    watch = ProgressWatch()
-    spark.streams.addListener(watch)
-    stop = threading.Event()
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            pipeline.run_continuously(stop, as_of=AS_OF, progress=lambda msg: log.debug("%s", msg))
-        except BaseException as exc:
-            failure.append(exc)
-            stop.set()
-
-    runner = threading.Thread(target=run, name="bench-pipeline", daemon=True)
-    expected = len(pipeline.query_names())  # every streaming query reports before the clock starts
-    producer = SteadyProducer(config, plan, duration=options.steady_seconds)
-    try:
-        runner.start()
-        if not watch.wait_caught_up(expected=expected, after=time.time(), timeout=600) and not failure:
-            raise PipelineError("steady: the queries did not start and catch up with the set-up within 600 s")
-        if failure:
-            raise PipelineError(f"steady: the pipeline failed: {failure[0]}")
-        show(f"[bench] steady: producing {options.rate:g} events/s for {options.steady_seconds:g}s")
-        producer.start()
-        producer.join(options.steady_seconds + 120)
-        ended = producer.ended_at or time.time()
-        caught = watch.wait_caught_up(expected=expected, after=ended, timeout=options.grace_seconds)
-        settled = time.time()
-        show(
-            "[bench] steady: production ended; "
-            + (f"caught up {settled - ended:.1f}s later" if caught else "NOT caught up (grace ran out)")
+    show(
+        f"[bench] steady: {options.rate:g} events/s for {options.steady_seconds:g}s, "
+        f"trigger {options.trigger_seconds:g}s"
+    )
+    out = run_load(
+        spark,
+        config,
+        broker=broker,
+        system="pipeline",
+        rate=options.rate,
+        seconds=options.steady_seconds,
+        warmup=options.warmup_seconds,
+        grace=options.grace_seconds,
+        seed=options.seed,
+        show=show,
+    )
+    show(
+        "[bench] steady: production ended; "
+        + (
+            f"caught up {out.catch_up_seconds:.1f}s later"
+            if out.catch_up_seconds is not None
+            else "NOT caught up (grace ran out)"
         )
-    finally:
-        producer.stop()
-        stop.set()
-        runner.join(300)
-        spark.streams.removeListener(watch)
-    if failure:
-        raise PipelineError(f"steady: the pipeline failed: {failure[0]}")
-    if producer.errors:
-        result.notes.append(f"steady producer: {len(producer.errors)} delivery errors, first: {producer.errors[0]}")
-    started = producer.started_at or ended
-    batches = watch.queries()
-
-    def state_at(at: float) -> int:
-        total = 0
-        for rows in batches.values():
-            last = [state for t, _n, _ms, state in rows if t <= at]
-            total += last[-1] if last else 0
-        return total
-
+    )
+    result.notes += [f"steady: {note}" for note in out.notes]
+    batches = out.watch.queries()
+    lo, hi = out.window_ms(options.warmup_seconds)
     measured = measure(
         spark,
         config,
-        window_start=started + options.warmup_seconds,
-        window_end=ended,
+        window_start=lo / 1000,
+        window_end=hi / 1000,
         bucket_seconds=options.bucket_seconds,
-        production_start=started,
-        state_series=state_at,
+        production_start=out.started,
+        state_series=_state_series(batches),
+        expected_readings=out.producer.readings_between(lo, hi),
     )
     batch_ms: dict[str, dict[str, float | int | None]] = {}
     for name, rows in sorted(batches.items()):
-        durations = [float(ms) for t, n, ms, _ in rows if n > 0 and started <= t <= settled]
+        durations = [float(ms) for t, n, ms, _ in rows if n > 0 and out.started <= t <= out.settled]
         batch_ms[name] = {
             "batches": len(durations),
             "p50_ms": percentile(durations, 0.5),
             "p99_ms": percentile(durations, 0.99),
         }
-    since, until = datetime.fromtimestamp(started, UTC), datetime.fromtimestamp(settled, UTC)
+    since, until = datetime.fromtimestamp(out.started, UTC), datetime.fromtimestamp(out.settled, UTC)
     heap, rss = peak_memory(ui.stages(), since=since, until=until) if ui else (None, None)
     if ui is not None:
         # Queries run side by side here: their jobs, each query's own in sequence, tell who keeps
@@ -445,16 +417,16 @@ def _steady(
             "jobs_by_query": job_profile(ui.jobs(), since=since, until=until, top=20, by_query=True),
             "sql_by_query": sql_profile(ui.sql(), since=since, until=until, top=30, by_query=True),
         }
-    duration = max(1e-9, ended - started)
+    backlog_start, backlog_end = backlog_ends(out.lag, window_start=lo / 1000, window_end=hi / 1000)
     result.steady = SteadyFigures(
         rate_per_second=options.rate,
-        session_seconds=session_seconds,
-        catch_up_seconds=round(settled - ended, 3) if caught else None,
+        session_seconds=out.plan.session_seconds,
+        catch_up_seconds=out.catch_up_seconds,
         duration_seconds=options.steady_seconds,
         warmup_seconds=options.warmup_seconds,
         trigger_seconds=options.trigger_seconds,
-        produced=producer.produced,
-        achieved_rate_per_second=round(producer.produced / duration, 1),
+        produced=out.producer.produced,
+        achieved_rate_per_second=round(out.producer.achieved_rate(), 1),
         event_to_silver=measured.event_to_silver,
         event_to_gold=measured.event_to_gold,
         event_to_completed_workout=measured.event_to_completed_workout,
@@ -466,6 +438,9 @@ def _steady(
         batch_ms=batch_ms,
         heap_peak_bytes=heap,
         rss_peak_bytes=rss,
+        queries=out.queries,
+        backlog_start=backlog_start,
+        backlog_end=backlog_end,
     )
     horizon = config.rules.lateness_horizon_minutes
     if options.steady_seconds < 2 * horizon * 60:
@@ -473,6 +448,378 @@ def _steady(
             f"steady ran {options.steady_seconds:g}s, less than twice the lateness horizon ({2 * horizon:g} min): "
             "the state-growth figure covers what was run, not the bar's full span"
         )
+
+
+def _cleanup(broker: KafkaBroker, config: Config, root: Path, *, keep: bool) -> None:
+    """A step's topics and directory go once its figures are taken (a search writes gigabytes)."""
+    if keep:
+        return
+    try:
+        broker.delete_topics(config.kafka.topics.names())
+    except Exception:  # disk, not figures: a failure here is logged, not fatal
+        log.exception("bench: could not delete the topics of %s", root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _search(
+    spark: SparkSession,
+    base: Config,
+    options: BenchOptions,
+    *,
+    system: Literal["pipeline", "copy"],
+    broker: KafkaBroker,
+    run_dir: Path,
+    spark_conf: dict[str, str],
+    result: BenchResult,
+    show: Callable[[str], None],
+) -> SustainedFigures:
+    """The highest rate ``system`` holds: steps on fresh topics, tables and checkpoints each."""
+    from fitbit_stream.bench.load import copy_latency, run_load
+    from fitbit_stream.bench.report import RateStep
+    from fitbit_stream.bench.search import backlog_ends, judge_step, next_rate, sustained_rate
+    from fitbit_stream.bench.steady import measure
+
+    label = "pipeline" if system == "pipeline" else BASELINE_COPY
+    steps: list[RateStep] = []
+
+    def upcoming() -> float | None:
+        return next_rate(
+            steps,
+            start=options.sustain_start_rate,
+            max_rate=options.sustain_max_rate,
+            min_rate=options.sustain_min_rate,
+            resolution=options.sustain_resolution,
+            max_steps=options.sustain_max_steps,
+        )
+
+    while (rate := upcoming()) is not None:
+        n = len(steps) + 1
+        root = run_dir / "sustained" / f"{system}-{n:02d}"
+        config = _phase_config(
+            base,
+            root,
+            bootstrap=broker.bootstrap_servers,
+            spark_conf=spark_conf,
+            topics=_topics(f"sus_{system}_{n:02d}"),
+            trigger_seconds=options.trigger_seconds,
+        )
+        load_before = os.getloadavg()[0]
+        show(
+            f"[bench] sustained {label}: step {n} at {rate:,g} events/s for {options.sustain_seconds:g}s "
+            f"(load {load_before:.2f})"
+        )
+        copy_path = str(root / "copy")
+        out = run_load(
+            spark,
+            config,
+            broker=broker,
+            system=system,
+            rate=rate,
+            seconds=options.sustain_seconds,
+            warmup=options.warmup_seconds,
+            grace=options.sustain_grace_seconds,
+            seed=options.seed,
+            copy_path=copy_path,
+            show=show,
+        )
+        lo, hi = out.window_ms(options.warmup_seconds)
+        expected = out.producer.readings_between(lo, hi)
+        if system == "pipeline":
+            stats = measure(
+                spark,
+                config,
+                window_start=lo / 1000,
+                window_end=hi / 1000,
+                bucket_seconds=max(1.0, (hi - lo) / 1000),
+                production_start=out.started,
+                state_series=lambda _at: 0,
+                expected_readings=expected,
+                sessions=False,
+            ).event_to_silver
+        else:
+            stats = copy_latency(spark, copy_path, topic=config.kafka.topics.bpm, lo_ms=lo, hi_ms=hi, expected=expected)
+        backlog_start, backlog_end = backlog_ends(out.lag, window_start=lo / 1000, window_end=hi / 1000)
+        # the rate times the share of the plan's readings produced on time (module steady)
+        achieved = rate * out.producer.on_schedule()
+        holds, why = judge_step(
+            rate,
+            achieved,
+            stats.p99_ms,
+            backlog_start,
+            backlog_end,
+            p99_bound_ms=options.sustain_p99_seconds * 1000,
+        )
+        step = RateStep(
+            rate=rate,
+            achieved_rate=round(achieved, 1),
+            seconds=options.sustain_seconds,
+            p99_ms=stats.p99_ms,
+            missing=stats.missing,
+            backlog_start=None if backlog_start is None else round(backlog_start, 1),
+            backlog_end=None if backlog_end is None else round(backlog_end, 1),
+            holds=holds,
+            why=why,
+            load_before=round(load_before, 2),
+        )
+        steps.append(step)
+        result.notes += [f"sustained {label} at {rate:g}/s: {note}" for note in out.notes]
+        show(
+            f"[bench] sustained {label}: {rate:,g}/s "
+            + ("holds" if holds else f"fails ({why})")
+            + f"; p99 {'-' if stats.p99_ms is None else f'{stats.p99_ms / 1000:.2f}s'}, backlog "
+            + f"{'-' if backlog_start is None else f'{backlog_start:,.0f}'} -> "
+            + f"{'-' if backlog_end is None else f'{backlog_end:,.0f}'}"
+        )
+        _cleanup(broker, config, root, keep=options.keep)
+    sustained, limit = sustained_rate(steps, max_rate=options.sustain_max_rate, max_steps=options.sustain_max_steps)
+    return SustainedFigures(
+        system=label,
+        rate_per_second=sustained,
+        limit=limit,
+        steps=steps,
+        step_seconds=options.sustain_seconds,
+        warmup_seconds=options.warmup_seconds,
+        p99_bound_ms=options.sustain_p99_seconds * 1000,
+        start_rate=options.sustain_start_rate,
+        max_rate=options.sustain_max_rate,
+    )
+
+
+def _sustained(
+    spark: SparkSession,
+    base: Config,
+    options: BenchOptions,
+    *,
+    broker: KafkaBroker,
+    run_dir: Path,
+    spark_conf: dict[str, str],
+    result: BenchResult,
+    show: Callable[[str], None],
+) -> None:
+    systems: list[Literal["pipeline", "copy"]] = ["pipeline", "copy"] if options.baselines else ["pipeline"]
+    for system in systems:
+        figures = _search(
+            spark,
+            base,
+            options,
+            system=system,
+            broker=broker,
+            run_dir=run_dir,
+            spark_conf=spark_conf,
+            result=result,
+            show=show,
+        )
+        result.sustained[figures.system] = figures
+        rate = "none" if figures.rate_per_second is None else f"{figures.rate_per_second:,.0f} events/s"
+        show(f"[bench] sustained {figures.system}: {rate} ({figures.limit})")
+
+
+def _soak(
+    spark: SparkSession,
+    base: Config,
+    options: BenchOptions,
+    *,
+    broker: KafkaBroker,
+    run_dir: Path,
+    spark_conf: dict[str, str],
+    result: BenchResult,
+    show: Callable[[str], None],
+) -> None:
+    from fitbit_stream.bench.load import delta_files, run_load
+    from fitbit_stream.bench.report import SoakFigures
+    from fitbit_stream.bench.search import backlog_ends, soak_windows, window_p95
+    from fitbit_stream.bench.steady import BIN_MS, measure
+    from fitbit_stream.io.tables import Tables
+    from fitbit_stream.schemas import TABLES
+
+    config = _phase_config(
+        base,
+        run_dir / "soak",
+        bootstrap=broker.bootstrap_servers,
+        spark_conf=spark_conf,
+        topics=_topics("soak"),
+        trigger_seconds=options.trigger_seconds,
+    )
+    show(f"[bench] soak: {options.rate:g} events/s for {options.soak_seconds:g}s")
+    out = run_load(
+        spark,
+        config,
+        broker=broker,
+        system="pipeline",
+        rate=options.rate,
+        seconds=options.soak_seconds,
+        warmup=options.warmup_seconds,
+        grace=options.grace_seconds,
+        seed=options.seed,
+        show=show,
+    )
+    result.notes += [f"soak: {note}" for note in out.notes]
+    first, last = soak_windows(
+        out.started, out.ended, warmup=options.warmup_seconds, window=options.soak_window_seconds
+    )
+    per_query = window_p95(out.watch.queries(), first, last)
+    ratios = [(float(row["ratio"]), name) for name, row in per_query.items() if row["ratio"] is not None]
+    worst = max(ratios) if ratios else None
+    tables = Tables(config)
+    names = [name for name, spec in TABLES.items() if spec.layer in ("silver", "gold")]
+    at_start = delta_files(spark, tables, names, at=first[0])
+    at_end = delta_files(spark, tables, names, at=last[1])
+    backlog_first, backlog_last = backlog_ends(
+        out.lag, window_start=first[0], window_end=last[1], probe=first[1] - first[0]
+    )
+
+    def latency(window: tuple[float, float]) -> LatencyStats:
+        lo = math.ceil(window[0] * 1000 / BIN_MS) * BIN_MS
+        hi = max(lo, math.floor(window[1] * 1000 / BIN_MS) * BIN_MS)
+        return measure(
+            spark,
+            config,
+            window_start=lo / 1000,
+            window_end=hi / 1000,
+            bucket_seconds=max(1.0, (hi - lo) / 1000),
+            production_start=out.started,
+            state_series=lambda _at: 0,
+            expected_readings=out.producer.readings_between(lo, hi),
+            sessions=False,
+        ).event_to_silver
+
+    result.soak = SoakFigures(
+        rate_per_second=options.rate,
+        duration_seconds=options.soak_seconds,
+        warmup_seconds=options.warmup_seconds,
+        produced=out.producer.produced,
+        achieved_rate_per_second=round(out.producer.achieved_rate(), 1),
+        first_window=(round(first[0] - out.started, 1), round(first[1] - out.started, 1)),
+        last_window=(round(last[0] - out.started, 1), round(last[1] - out.started, 1)),
+        batch_p95=per_query,
+        batch_p95_ratio=None if worst is None else round(worst[0], 3),
+        batch_p95_query=None if worst is None else worst[1],
+        files={name: {"start": at_start.get(name), "end": at_end.get(name)} for name in names},
+        backlog_first=None if backlog_first is None else round(backlog_first, 1),
+        backlog_last=None if backlog_last is None else round(backlog_last, 1),
+        event_to_silver_first=latency(first),
+        event_to_silver_last=latency(last),
+        catch_up_seconds=out.catch_up_seconds,
+    )
+    ratio_text = "-" if worst is None else f"{worst[0]:.2f}x ({worst[1]})"
+    show(f"[bench] soak: last-window batch p95 / first: {ratio_text}")
+
+
+# --- phases on a drained state: incremental run, scale sweep -------------------------------------
+
+
+def _ingest_name(config: Config) -> str:
+    from fitbit_stream.topology import queries
+
+    return next(spec.name for spec in queries(config.streaming.mode) if spec.source == "kafka")
+
+
+def _incremental(
+    spark: SparkSession,
+    base: Config,
+    options: BenchOptions,
+    *,
+    broker: KafkaBroker,
+    run_dir: Path,
+    spark_conf: dict[str, str],
+    drained: Config | None,
+    result: BenchResult,
+    show: Callable[[str], None],
+) -> None:
+    from fitbit_stream.bench.incremental import command, timed_run, write_config
+    from fitbit_stream.bench.report import CommandRun, IncrementalFigures
+    from fitbit_stream.bench.steady import produce_readings
+    from fitbit_stream.pipeline import Pipeline
+
+    config = drained
+    if config is None:  # no drain in this run: drain a backlog first (not timed)
+        config = _phase_config(base, run_dir / "incremental", bootstrap=broker.bootstrap_servers, spark_conf=spark_conf)
+        _preload(config, options, scale=options.scale, broker=broker, show=show)
+        show("[bench] incremental: draining the backlog first (not timed)")
+        Pipeline(spark, config).run_once(as_of=AS_OF, progress=lambda msg: log.debug("%s", msg))
+    # The command's configuration: this run's broker, source and roots; the user's Spark settings.
+    path = write_config(config.model_copy(update={"spark_conf": dict(base.spark_conf)}), run_dir / "incremental.yaml")
+    cmd = command(path, as_of=AS_OF.isoformat())
+    runs: list[CommandRun] = []
+    outputs: dict[str, list[str]] = {}
+    plan = [("nothing new", 0)]
+    if options.incremental_records:
+        plan.append((f"{options.incremental_records:,} new records", options.incremental_records))
+    for label, records in plan:
+        if records:
+            produce_readings(config, records, seed=options.seed)
+        show(f"[bench] incremental: {' '.join(cmd)} ({label})")
+        run, output = timed_run(cmd, label=label, new_records=records)
+        runs.append(run)
+        outputs[label] = output.splitlines()[-40:]
+        show(f"[bench] incremental: {label}: {run.wall_seconds:.1f}s wall, exit {run.exit_code}")
+        if run.exit_code != 0:
+            result.notes.append(f"incremental run ({label}) exited {run.exit_code}: {outputs[label][-1:]}")
+    result.incremental = IncrementalFigures(command=cmd, runs=runs)
+    result.profile["incremental_output"] = outputs
+
+
+def _scaling(
+    spark: SparkSession,
+    base: Config,
+    options: BenchOptions,
+    *,
+    broker: KafkaBroker,
+    run_dir: Path,
+    spark_conf: dict[str, str],
+    result: BenchResult,
+    show: Callable[[str], None],
+) -> None:
+    from fitbit_stream.bench.baselines import kafka_to_delta_copy
+    from fitbit_stream.bench.report import ScalePoint
+    from fitbit_stream.bench.search import seconds_per_million
+    from fitbit_stream.pipeline import Pipeline
+
+    for i, scale in enumerate(options.scales):
+        if "drain" in options.phases and scale == options.scale and result.pipeline is not None:
+            p, copy = result.pipeline, result.baselines.get(BASELINE_COPY)
+            result.scaling.append(
+                ScalePoint(
+                    scale,
+                    p.rows,
+                    p.elapsed_seconds or 0.0,
+                    seconds_per_million(p.elapsed_seconds, p.rows),
+                    copy.elapsed_seconds if copy else None,
+                    seconds_per_million(copy.elapsed_seconds, copy.rows) if copy else None,
+                )
+            )
+            show(f"[bench] scaling: scale {scale:g} is the drain phase's")
+            continue
+        root = run_dir / "scaling" / f"scale-{i}"
+        config = _phase_config(
+            base, root, bootstrap=broker.bootstrap_servers, spark_conf=spark_conf, topics=_topics(f"scale{i}")
+        )
+        show(f"[bench] scaling: drain at scale {scale:g}")
+        backlog = _preload(config, options, scale=scale, broker=broker, show=show)
+        copy_figures = (
+            kafka_to_delta_copy(
+                spark, config, path=str(root / "copy"), checkpoint=str(root / "checkpoints" / BASELINE_COPY)
+            )
+            if options.baselines
+            else None
+        )
+        pipeline = Pipeline(spark, config)
+        started = time.monotonic()
+        report = pipeline.run_once(as_of=AS_OF, progress=lambda msg: log.debug("%s", msg))
+        elapsed = round(time.monotonic() - started, 3)
+        ingest = _ingest_name(config)
+        rows = next((s.rows for s in report.stages if s.name == ingest), backlog.kafka_records)
+        point = ScalePoint(
+            scale,
+            rows,
+            elapsed,
+            seconds_per_million(elapsed, rows),
+            copy_figures.elapsed_seconds if copy_figures else None,
+            seconds_per_million(copy_figures.elapsed_seconds, copy_figures.rows) if copy_figures else None,
+        )
+        result.scaling.append(point)
+        show(f"[bench] scaling: scale {scale:g}: {rows:,} records in {elapsed:.1f}s")
+        _cleanup(broker, config, root, keep=options.keep)
 
 
 # --- the whole run -------------------------------------------------------------------------------
@@ -496,8 +843,27 @@ def write_results(result: BenchResult, out_dir: Path) -> tuple[Path, Path]:
     return json_path, text_path
 
 
+@contextmanager
+def _phase(name: str, options: BenchOptions, result: BenchResult, show: Callable[[str], None]) -> Iterator[None]:
+    """Load average before and after the phase; a warning line when it starts on a loaded machine."""
+    before = _load_avg()
+    warning = load_warning(before[0], phase=name, bound=options.load_warning)
+    if warning is not None:
+        show(f"[bench] {warning}")
+        result.notes.append(warning)
+    show(f"[bench] phase {name} (load {before[0]:.2f} {before[1]:.2f} {before[2]:.2f})")
+    try:
+        yield
+    finally:
+        result.phase_load[name] = {"before": before, "after": _load_avg()}
+
+
 def run_bench(base: Config, options: BenchOptions, *, show: Callable[[str], None] = print) -> BenchResult:
-    """Run the selected phases on their own broker, source and tables; return (and write) the figures."""
+    """Run the selected phases on their own broker, source and tables; return (and write) the figures.
+
+    A phase that fails is reported (a note, the figures of the other phases are kept and written)
+    and the run goes on with the next one; the run then raises, naming the phases that failed.
+    """
     from fitbit_stream.bench.sparkui import SparkUi
     from fitbit_stream.platform.kafka import KafkaBroker
     from fitbit_stream.session import get_spark
@@ -518,8 +884,13 @@ def run_bench(base: Config, options: BenchOptions, *, show: Callable[[str], None
             "shuffle_partitions": base.streaming.shuffle_partitions,
             "state_store": base.streaming.state_store,
             "max_offsets_per_trigger": base.kafka.max_offsets_per_trigger,
+            "streaming_mode": base.streaming.mode,
+            "derived_trigger_interval_seconds": base.streaming.derived_trigger_interval_seconds,
         },
     )
+    warning = load_warning(result.machine["load_before"][0], phase="the run", bound=options.load_warning)
+    if warning is not None:
+        show(f"[bench] {warning}")
     port, controller = _free_ports(2)
     jars = Path(os.environ.get("FITBIT_STREAM_JARS_DIR", base.jars_dir))
     broker = KafkaBroker(
@@ -530,27 +901,69 @@ def run_bench(base: Config, options: BenchOptions, *, show: Callable[[str], None
         partitions=base.kafka.partitions,
     )
     spark_conf = bench_spark_conf(options.driver_memory)
-    show(f"[bench] run {run_id}: work dir {run_dir}")
+    show(f"[bench] run {run_id}: work dir {run_dir}; phases {', '.join(options.phases)}")
     broker.start()
     spark: SparkSession | None = None
+    failed: list[str] = []
     try:
         drain_config = _phase_config(base, run_dir / "drain", bootstrap=broker.bootstrap_servers, spark_conf=spark_conf)
         spark = get_spark(drain_config)
         result.settings["spark_master"] = spark.sparkContext.master
         result.settings["default_parallelism"] = spark.sparkContext.defaultParallelism
         ui = SparkUi.of(spark)
-        if "drain" in options.phases:
-            _drain(spark, drain_config, options, broker=broker, run_dir=run_dir, ui=ui, result=result, show=show)
-        if "steady" in options.phases:
-            steady_config = _phase_config(
-                base,
-                run_dir / "steady",
-                bootstrap=broker.bootstrap_servers,
-                spark_conf=spark_conf,
-                topics=_STEADY_TOPICS,
-                trigger_seconds=options.trigger_seconds,
-            )
-            _steady(spark, steady_config, options, broker=broker, ui=ui, result=result, show=show)
+        steady_config = _phase_config(
+            base,
+            run_dir / "steady",
+            bootstrap=broker.bootstrap_servers,
+            spark_conf=spark_conf,
+            topics=_topics("steady"),
+            trigger_seconds=options.trigger_seconds,
+        )
+
+        def phase(name: str) -> None:
+            assert spark is not None
+            if name == "drain":
+                _drain(spark, drain_config, options, broker=broker, run_dir=run_dir, ui=ui, result=result, show=show)
+            elif name == "incremental":
+                _incremental(
+                    spark,
+                    base,
+                    options,
+                    broker=broker,
+                    run_dir=run_dir,
+                    spark_conf=spark_conf,
+                    drained=drain_config if "drain" in options.phases and "drain" not in failed else None,
+                    result=result,
+                    show=show,
+                )
+            elif name == "steady":
+                _steady(spark, steady_config, options, broker=broker, ui=ui, result=result, show=show)
+            else:
+                run = {"sustained": _sustained, "soak": _soak, "scaling": _scaling}[name]
+                run(
+                    spark,
+                    base,
+                    options,
+                    broker=broker,
+                    run_dir=run_dir,
+                    spark_conf=spark_conf,
+                    result=result,
+                    show=show,
+                )
+
+        for name in PHASES:
+            if name not in options.phases:
+                continue
+            with _phase(name, options, result, show):
+                try:
+                    phase(name)
+                except Exception as exc:
+                    log.debug("bench phase %s failed", name, exc_info=True)
+                    failed.append(name)
+                    result.notes.append(f"phase {name} failed: {type(exc).__name__}: {str(exc).splitlines()[:1]}")
+                    show(f"[bench] phase {name} FAILED: {type(exc).__name__}: {exc}")
+            if options.out_dir is not None:  # figures so far survive a later failure or a kill
+                write_results(result, options.out_dir)
         if ui is not None:
             heap, rss = ui.process_peak()
             result.profile["application_peak"] = {"jvm_heap_bytes": heap, "jvm_rss_bytes": rss}
@@ -559,7 +972,7 @@ def run_bench(base: Config, options: BenchOptions, *, show: Callable[[str], None
             for query in spark.streams.active:
                 query.stop()
         broker.stop()
-        result.machine["load_after"] = [round(x, 2) for x in os.getloadavg()]
+        result.machine["load_after"] = _load_avg()
         result.profile["python_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         result.settings["finished"] = datetime.now(UTC).isoformat()
         if not options.keep:
@@ -567,4 +980,6 @@ def run_bench(base: Config, options: BenchOptions, *, show: Callable[[str], None
     if options.out_dir is not None:
         json_path, text_path = write_results(result, options.out_dir)
         show(f"[bench] results: {json_path} and {text_path}")
+    if failed:
+        raise PipelineError(f"bench: phase(s) {', '.join(failed)} failed (figures of the others written): see notes")
     return result

@@ -63,11 +63,22 @@ if TYPE_CHECKING:
 
     from fitbit_stream.config import Config
 
-__all__ = ["ProgressWatch", "SteadyPlan", "SteadyProducer", "measure", "setup_members"]
+__all__ = [
+    "BIN_MS",
+    "ProgressWatch",
+    "SteadyPlan",
+    "SteadyProducer",
+    "kafka_end_offsets",
+    "measure",
+    "produce_readings",
+    "setup_members",
+]
 
 log = logging.getLogger(__name__)
 
 _US = 1_000_000
+#: The producer counts readings per bin of this many milliseconds (window bounds are multiples of it).
+BIN_MS = 100
 
 
 @dataclass(frozen=True)
@@ -166,6 +177,24 @@ def setup_members(config: Config, plan: SteadyPlan, *, at_us: int) -> int:
     return plan.devices
 
 
+def produce_readings(config: Config, count: int, *, seed: int = 42) -> int:
+    """``count`` heart-rate readings, one per device of a plan of ``count`` devices, event time now
+    (the incremental run's "new records"); returns how many were delivered."""
+    plan = SteadyPlan(devices=max(1, count), seed=seed)
+    producer = _producer(config.kafka.bootstrap_servers)
+    topic = config.kafka.topics.bpm
+    now_us = time.time_ns() // 1000
+    for i in range(count):
+        device = plan.device_id(i)
+        value = f'{{"device_id":{device},"time":{epoch_text(now_us + i)},"heartrate":{60 + i % 40}.5}}'
+        producer.produce(topic, key=str(device).encode(), value=value.encode())
+        producer.poll(0)
+    remaining = int(producer.flush(60))
+    if remaining:
+        raise SourceError(f"incremental: {remaining} of {count} readings not delivered")
+    return count
+
+
 class SteadyProducer(threading.Thread):
     """Produces the plan's readings and sessions at their due times for ``duration`` seconds."""
 
@@ -176,6 +205,8 @@ class SteadyProducer(threading.Thread):
         self.duration = duration
         self.tick = tick
         self.produced = 0
+        #: readings produced per ``BIN_MS`` bin of their Kafka timestamp (epoch ms // BIN_MS)
+        self.readings_by_bin: dict[int, int] = {}
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.errors: list[str] = []
@@ -183,6 +214,26 @@ class SteadyProducer(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
+
+    def readings_between(self, lo_ms: int, hi_ms: int) -> int:
+        """Readings whose Kafka timestamp is in [lo_ms, hi_ms) (both multiples of ``BIN_MS``)."""
+        lo, hi = lo_ms // BIN_MS, hi_ms // BIN_MS
+        return sum(n for b, n in self.readings_by_bin.items() if lo <= b < hi)
+
+    def achieved_rate(self) -> float:
+        """Records per second over the whole production."""
+        if self.started_at is None or self.ended_at is None:
+            return 0.0
+        return self.produced / max(1e-9, self.ended_at - self.started_at)
+
+    def on_schedule(self) -> float:
+        """Readings produced over the readings the plan asked for in the same time (1.0: on time).
+        Readings, not all records: sessions that could not complete before the end (or whose start
+        came before the beginning) are left out by design, which weighs at a few events/s."""
+        if self.started_at is None or self.ended_at is None:
+            return 0.0
+        asked = self.plan.devices * max(1e-9, self.ended_at - self.started_at)
+        return sum(self.readings_by_bin.values()) / asked
 
     def _reading(self, m: int, due_us: int) -> tuple[str, bytes, bytes]:
         plan = self.plan
@@ -211,6 +262,7 @@ class SteadyProducer(threading.Thread):
                 self.errors.append(str(err))
 
         plan = self.plan
+        bpm = self.config.kafka.topics.bpm
         start_us = time.time_ns() // 1000
         end_us = start_us + round(self.duration * _US)
         self.started_at = start_us / _US
@@ -235,20 +287,18 @@ class SteadyProducer(threading.Thread):
                     due.append((t, self._workout(j_stop, "stop", t)))
                     j_stop += 1
                 due.sort(key=lambda item: item[0])
+                bins = self.readings_by_bin
                 for _t, (topic, key, value) in due:
                     while True:
+                        stamp = time.time_ns() // 1_000_000
                         try:
-                            producer.produce(
-                                topic,
-                                key=key,
-                                value=value,
-                                timestamp=time.time_ns() // 1_000_000,
-                                on_delivery=on_delivery,
-                            )
+                            producer.produce(topic, key=key, value=value, timestamp=stamp, on_delivery=on_delivery)
                             break
                         except BufferError:
                             producer.poll(0.01)
                     self.produced += 1
+                    if topic == bpm:
+                        bins[stamp // BIN_MS] = bins.get(stamp // BIN_MS, 0) + 1
                 producer.poll(0)
                 time.sleep(self.tick)
         finally:
@@ -265,6 +315,31 @@ class _QueryState:
     batches: list[tuple[float, int, int, int]] = field(default_factory=list)
     last_event: float = 0.0
     last_idle: bool = False
+    #: Kafka source: the offsets its last completed batch read up to, per (topic, partition)
+    end_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+def kafka_end_offsets(progress: dict[str, Any]) -> dict[tuple[str, int], int]:
+    """The Kafka offsets a batch read up to, per (topic, partition), from its progress JSON (the
+    sources' ``endOffset``: an object, or its JSON text, ``{topic: {partition: offset}}``); empty for
+    sources that are not Kafka."""
+    out: dict[tuple[str, int], int] = {}
+    for source in progress.get("sources") or []:
+        end = source.get("endOffset")
+        if isinstance(end, str):
+            try:
+                end = json.loads(end)
+            except ValueError:
+                continue
+        if not isinstance(end, dict):
+            continue
+        for topic, partitions in end.items():
+            if not isinstance(partitions, dict):
+                continue
+            for partition, offset in partitions.items():
+                if str(partition).lstrip("-").isdigit() and isinstance(offset, int):
+                    out[(str(topic), int(partition))] = offset
+    return out
 
 
 class ProgressWatch(StreamingQueryListener):
@@ -285,11 +360,14 @@ class ProgressWatch(StreamingQueryListener):
             rows = int(p.get("numInputRows", 0))
             ms = int((p.get("durationMs") or {}).get("triggerExecution", 0))
             state = sum(int(op.get("numRowsTotal", 0)) for op in p.get("stateOperators") or [])
+            offsets = kafka_end_offsets(p)
             with self._lock:
                 q = self._by_id.setdefault(str(p["id"]), _QueryState(str(p.get("name") or p["id"])))
                 q.batches.append((at, rows, ms, state))
                 q.last_event = at + ms / 1000
                 q.last_idle = rows == 0
+                if offsets:
+                    q.end_offsets = {**q.end_offsets, **offsets}
         except Exception:  # a figure we cannot read must never disturb the query
             log.exception("bench: unreadable progress")
 
@@ -306,6 +384,17 @@ class ProgressWatch(StreamingQueryListener):
     def queries(self) -> dict[str, list[tuple[float, int, int, int]]]:
         with self._lock:
             return {q.name: list(q.batches) for q in self._by_id.values()}
+
+    def end_offsets(self, name: str) -> dict[tuple[str, int], int]:
+        """The Kafka offsets query ``name`` has read up to (its last completed batch)."""
+        with self._lock:
+            return next((dict(q.end_offsets) for q in self._by_id.values() if q.name == name), {})
+
+    def last_work_end(self) -> float:
+        """When the last batch that read rows, of any query, ended (epoch seconds; 0 without one)."""
+        with self._lock:
+            states = list(self._by_id.values())
+        return max((at + ms / 1000 for q in states for at, rows, ms, _ in q.batches if rows > 0), default=0.0)
 
     def caught_up(self, *, expected: int, after: float) -> bool:
         """Every one of ``expected`` queries went idle after ``after`` and after the last batch
@@ -361,8 +450,15 @@ def measure(
     bucket_seconds: float,
     production_start: float,
     state_series: Callable[[float], int],
+    expected_readings: int | None = None,
+    sessions: bool = True,
 ) -> Measured:
-    """Per-record latencies of the records produced in [window_start, window_end) (epoch seconds)."""
+    """Per-record latencies of the records produced in [window_start, window_end) (epoch seconds).
+
+    ``expected_readings``: the readings the producer sent in the window; those bronze does not hold
+    either count as missing too (otherwise a pipeline that fell behind would leave out exactly the
+    records it is slowest on). ``sessions``: also the session and gold latencies (else empty).
+    """
     tables = Tables(config)
     topics = config.kafka.topics
     lo, hi = round(window_start * 1000), round(window_end * 1000)
@@ -416,6 +512,12 @@ def measure(
                 event_time_state_rows=sum(n for at, n in ops_rows if at <= end),
             )
         )
+
+    if expected_readings is not None:
+        missing += max(0, expected_readings - len(everything) - missing)
+    if not sessions:
+        none = latency_stats([])
+        return Measured(latency_stats(everything, missing=missing), none, none, series)
 
     # sessions: the stop record completes a session
     stops = bronze.where(F.col("topic") == topics.workout).select(
