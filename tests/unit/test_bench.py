@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -32,6 +32,7 @@ from fitbit_stream.bench.report import (
     figures_from_progress,
     format_report,
     job_window,
+    latency_from_aggregates,
     latency_stats,
     parse_time,
     peak_memory,
@@ -52,8 +53,11 @@ from fitbit_stream.bench.search import (
     window_p95,
 )
 from fitbit_stream.bench.sparkui import job_profile, query_of, sql_label, sql_profile
-from fitbit_stream.bench.steady import ProgressWatch, kafka_end_offsets
+from fitbit_stream.bench.steady import ProgressWatch, aggregate_latency, kafka_end_offsets
 from fitbit_stream.errors import InvalidConfigError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 MB = 1024 * 1024
 
@@ -704,8 +708,12 @@ def test_every_figure_of_the_issue_is_a_row_with_its_target() -> None:
     assert names["sustained_copy_rate"] == "raw Kafka->Delta copy's sustained rate, producer-bound: at least"
     assert names["scaling_seconds_per_million"] == "drain s/M records at scale 1 / at 0.05"
     nothing_held = _full_result()
-    nothing_held.sustained["pipeline"] = SustainedFigures("pipeline", None, "below_min", [], 300, 30, 5000, 1000, 64000)
-    assert nothing_held.targets()[0].value == 0.0  # nothing held is a rate of 0, not an unknown
+    nothing_held.sustained["pipeline"] = SustainedFigures(
+        "pipeline", None, "max_steps", [step(1000, False), step(500, False)], 300, 30, 5000, 1000, 64000
+    )
+    first = nothing_held.targets()[0]
+    assert (first.value, first.verdict) == (0.0, "NOT MET")  # nothing held is a rate of 0, not an unknown
+    assert first.name.endswith("backlog flat), nothing held down to 500 ev/s")
     failed = _full_result()
     failed.incremental = IncrementalFigures(["x"], [CommandRun("nothing new", 0, 3.0, 1)])
     assert next(t for t in failed.targets() if t.key == "incremental_nothing_new").value is None
@@ -746,3 +754,19 @@ def test_the_json_has_every_phase_under_its_key() -> None:
     assert (data["scaling"]["smallest_scale"], data["scaling"]["largest_scale"]) == (0.05, 1.0)
     assert data["phase_load"]["steady"] == {"before": [0.4, 0.5, 0.6], "after": [1.9, 1.0, 0.7]}
     assert {t["key"] for t in data["targets"]} >= {"sustained_rate", "incremental_nothing_new", "soak_batch_p95"}
+
+
+def test_latency_from_aggregates_keeps_the_one_percent_rule() -> None:
+    assert latency_from_aggregates(100, 1, 50.5, 99.01, 100.0) == LatencyStats(100, 1, 50.5, 99.01, 100.0)
+    assert latency_from_aggregates(100, 2, 50.5, 99.01, 100.0) == LatencyStats(100, 2, 50.5, None, 100.0)
+    assert latency_from_aggregates(0, 5, None, None, None) == LatencyStats(0, 5, None, None, None)
+
+
+def test_spark_aggregates_the_same_percentiles_as_python(spark: SparkSession) -> None:
+    values = [float(v) for v in (40, 10, 20, 30, 1000, 15, 25)]
+    frame = spark.createDataFrame([(v,) for v in values] + [(None,)], "latency_ms double")
+    # one null (never arrived) and 2 expected that bronze never held: 3 missing of 10
+    stats = aggregate_latency(frame, expected=10)
+    assert stats == latency_from_aggregates(7, 3, percentile(values, 0.5), percentile(values, 0.99), 1000.0)
+    assert stats.p99_ms is None  # 30% missing
+    assert aggregate_latency(frame.where("latency_ms < 500")) == latency_stats([v for v in values if v < 500])

@@ -31,8 +31,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from pyspark.sql import functions as F
 
 from fitbit_stream.bench.options import AS_OF
-from fitbit_stream.bench.report import BASELINE_COPY, LatencyStats, latency_stats
-from fitbit_stream.bench.steady import BIN_MS, ProgressWatch, SteadyPlan, SteadyProducer, setup_members
+from fitbit_stream.bench.report import BASELINE_COPY, LatencyStats
+from fitbit_stream.bench.steady import (
+    BIN_MS,
+    ProgressWatch,
+    SteadyPlan,
+    SteadyProducer,
+    aggregate_latency,
+    setup_members,
+)
 from fitbit_stream.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -249,17 +256,15 @@ def copy_latency(spark: SparkSession, path: str, *, topic: str, lo_ms: int, hi_m
     """Event -> copy: the commit that appended each reading of [lo_ms, hi_ms) (change feed
     ``_commit_timestamp``) minus its Kafka timestamp; readings not in the copy count as missing."""
     produced = F.unix_millis(F.col("timestamp"))
-    rows = (
+    latencies = (
         spark.read.format("delta")
         .option("readChangeFeed", "true")
         .option("startingVersion", 0)
         .load(path)
         .where((F.col("topic") == topic) & (produced >= lo_ms) & (produced < hi_ms))
         .select((F.unix_millis(F.col("_commit_timestamp")) - produced).alias("latency_ms"))
-        .collect()
     )
-    latencies = [float(r["latency_ms"]) for r in rows]
-    return latency_stats(latencies, missing=max(0, expected - len(latencies)))
+    return aggregate_latency(latencies, expected=expected)
 
 
 def delta_files(spark: SparkSession, tables: Tables, names: list[str], *, at: float) -> dict[str, int | None]:

@@ -51,6 +51,7 @@ __all__ = [
     "figures_from_progress",
     "format_report",
     "job_window",
+    "latency_from_aggregates",
     "latency_stats",
     "parse_time",
     "peak_memory",
@@ -223,6 +224,21 @@ def latency_stats(latencies_ms: Sequence[float], *, missing: int = 0) -> Latency
         p50_ms=percentile(latencies_ms, 0.5),
         p99_ms=p99,
         max_ms=max(latencies_ms) if latencies_ms else None,
+    )
+
+
+def latency_from_aggregates(
+    count: int, missing: int, p50_ms: float | None, p99_ms: float | None, max_ms: float | None
+) -> LatencyStats:
+    """:func:`latency_stats` from figures aggregated elsewhere (Spark's ``percentile`` interpolates
+    between closest ranks too), with the same rule: no p99 with more than 1% missing."""
+    total = count + missing
+    return LatencyStats(
+        count=count,
+        missing=missing,
+        p50_ms=p50_ms if count else None,
+        p99_ms=p99_ms if count and missing <= 0.01 * total else None,
+        max_ms=max_ms if count else None,
     )
 
 
@@ -545,9 +561,10 @@ class BenchResult:
         }
 
 
-def _sustained_name(figures: SustainedFigures | None, what: str) -> str:
-    if figures is None:
-        return what
+def _sustained_name(figures: SustainedFigures, what: str) -> str:
+    if figures.rate_per_second is None and figures.steps:
+        lowest = min(s.rate for s in figures.steps)
+        return f"{what}, nothing held down to {lowest:,g} ev/s"
     qualifier = {
         "bracketed": "",
         "max_rate": ", held at the cap: at least",
@@ -558,6 +575,13 @@ def _sustained_name(figures: SustainedFigures | None, what: str) -> str:
     return f"{what}{qualifier}"
 
 
+def _held(figures: SustainedFigures) -> float | None:
+    """The sustained rate; 0 when steps ran and none held (a rate of 0, not an unknown)."""
+    if figures.rate_per_second is None and figures.steps and not any(s.holds for s in figures.steps):
+        return 0.0
+    return figures.rate_per_second
+
+
 def targets(result: BenchResult) -> list[Target]:
     """Issue 13's bars (and the figures reported beside them), as far as this result has the figures;
     then the earlier benchmark's stage and state bars."""
@@ -565,7 +589,6 @@ def targets(result: BenchResult) -> list[Target]:
     pipeline_sus = result.sustained.get("pipeline")
     copy_sus = result.sustained.get(BASELINE_COPY)
     if pipeline_sus is not None:
-        rate = pipeline_sus.rate_per_second
         out.append(
             Target(
                 "sustained_rate",
@@ -573,7 +596,7 @@ def targets(result: BenchResult) -> list[Target]:
                     pipeline_sus,
                     f"sustained rate (p99 event->silver <= {pipeline_sus.p99_bound_ms / 1000:g} s, backlog flat)",
                 ),
-                0.0 if rate is None and pipeline_sus.limit == "below_min" else rate,
+                _held(pipeline_sus),
                 5000.0,
                 ">=",
                 " ev/s",
@@ -585,7 +608,7 @@ def targets(result: BenchResult) -> list[Target]:
             Target(
                 "sustained_copy_rate",
                 _sustained_name(copy_sus, "raw Kafka->Delta copy's sustained rate"),
-                copy_sus.rate_per_second,
+                _held(copy_sus),
                 None,
                 unit=" ev/s",
                 digits=0,

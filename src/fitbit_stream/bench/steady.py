@@ -42,6 +42,7 @@ from pyspark.sql.streaming.listener import StreamingQueryListener
 from fitbit_stream.bench.report import (
     LatencyStats,
     SeriesPoint,
+    latency_from_aggregates,
     latency_stats,
     parse_time,
     percentile,
@@ -68,6 +69,7 @@ __all__ = [
     "ProgressWatch",
     "SteadyPlan",
     "SteadyProducer",
+    "aggregate_latency",
     "kafka_end_offsets",
     "measure",
     "produce_readings",
@@ -428,6 +430,31 @@ def _ms(column: str) -> Any:
     return F.unix_millis(F.col(column))
 
 
+def aggregate_latency(latencies: DataFrame, *, expected: int | None = None) -> LatencyStats:
+    """p50/p99/max of the ``latency_ms`` column computed by Spark (a null is a record that never
+    arrived); ``expected`` records in all, the ones not in ``latencies`` missing too. For windows
+    of millions of records, which are not collected."""
+    row = latencies.agg(
+        F.count("latency_ms").alias("n"),
+        F.sum(F.col("latency_ms").isNull().cast("int")).alias("missing"),
+        F.expr("percentile(latency_ms, array(0.5, 0.99))").alias("p"),
+        F.max("latency_ms").alias("max"),
+    ).first()
+    count = int(row["n"]) if row is not None and row["n"] is not None else 0
+    missing = int(row["missing"] or 0) if row is not None else 0
+    if expected is not None:
+        missing += max(0, expected - count - missing)
+    p = row["p"] if row is not None and row["p"] is not None else [None, None]
+    top = row["max"] if row is not None else None
+    return latency_from_aggregates(
+        count,
+        missing,
+        None if p[0] is None else float(p[0]),
+        None if p[1] is None else float(p[1]),
+        None if top is None else float(top),
+    )
+
+
 def _stats(rows: list[Any]) -> tuple[list[float], int]:
     latencies = [float(r["latency_ms"]) for r in rows if r["latency_ms"] is not None]
     return latencies, sum(1 for r in rows if r["latency_ms"] is None)
@@ -457,7 +484,8 @@ def measure(
 
     ``expected_readings``: the readings the producer sent in the window; those bronze does not hold
     either count as missing too (otherwise a pipeline that fell behind would leave out exactly the
-    records it is slowest on). ``sessions``: also the session and gold latencies (else empty).
+    records it is slowest on). ``sessions``: also the session and gold latencies and the series
+    (else only event->silver, aggregated by Spark: nothing per record is collected).
     """
     tables = Tables(config)
     topics = config.kafka.topics
@@ -478,6 +506,12 @@ def measure(
         .where(F.col("_change_type") == "insert")
         .select("device_id", "time", _ms("_commit_timestamp").alias("commit_ms"))
     )
+    if not sessions:  # one figure for the window, aggregated by Spark (millions of readings at high rates)
+        latencies = readings.join(inserted, ["device_id", "time"], "left").select(
+            (F.col("commit_ms") - F.col("produced_ms")).alias("latency_ms")
+        )
+        none = latency_stats([])
+        return Measured(aggregate_latency(latencies, expected=expected_readings), none, none, [])
     bucket_ms = round(bucket_seconds * 1000)
     joined = readings.join(inserted, ["device_id", "time"], "left").select(
         F.floor((F.col("produced_ms") - F.lit(round(production_start * 1000))) / F.lit(bucket_ms)).alias("bucket"),
@@ -515,9 +549,6 @@ def measure(
 
     if expected_readings is not None:
         missing += max(0, expected_readings - len(everything) - missing)
-    if not sessions:
-        none = latency_stats([])
-        return Measured(latency_stats(everything, missing=missing), none, none, series)
 
     # sessions: the stop record completes a session
     stops = bronze.where(F.col("topic") == topics.workout).select(
