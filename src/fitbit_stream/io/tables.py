@@ -94,7 +94,8 @@ class Tables:
         if table_schema is None:
             raise PipelineError(f"table {name!r}: no schema known, pass one")
         parts = partition_by or (spec.partition_by if spec else ())
-        create_if_absent(spark, ref, table_schema, partition_by=parts, properties=properties)
+        if not _has_local_log(ref):  # an existing table needs nothing (and no Spark call to say so)
+            create_if_absent(spark, ref, table_schema, partition_by=parts, properties=properties)
         return ref
 
     # --- access --------------------------------------------------------------------------------
@@ -172,9 +173,25 @@ def read_table(spark: SparkSession, ref: TableRef) -> DataFrame:
     return spark.read.table(str(ref.qualified_name))
 
 
+def _has_local_log(ref: TableRef) -> bool:
+    """Whether ``ref`` is a path Python reads whose Delta log holds a commit: the table exists.
+
+    A start-up touches every table; asking Delta through Spark costs a job each, listing costs
+    nothing. False for anything else (the caller asks Delta)."""
+    if ref.path is None or is_uri(ref.path):
+        return False
+    log = Path(ref.path) / "_delta_log"
+    try:
+        return any(p.name.endswith(".json") and p.name[:-5].isdigit() for p in log.iterdir())
+    except OSError:
+        return False
+
+
 def table_exists(spark: SparkSession, ref: TableRef) -> bool:
     from delta.tables import DeltaTable
 
+    if _has_local_log(ref):
+        return True
     if ref.path:
         return bool(DeltaTable.isDeltaTable(spark, ref.path))
     return bool(spark.catalog.tableExists(str(ref.qualified_name)))
