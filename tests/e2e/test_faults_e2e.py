@@ -820,7 +820,7 @@ def test_a_value_that_is_not_utf8_is_quarantined(spark: SparkSession, env: Env, 
 
 # --- a replayed micro-batch and reset checkpoints, recovered in one run ------------------------------
 
-REPLACED = ("silver_bpm", "silver_workout", "derived_gym_occupancy")
+REPLACED = ("silver_users", "silver_gym_logs", "derived_gym_occupancy")
 
 
 @dataclass
@@ -851,9 +851,9 @@ def recovered(spark: SparkSession, env: Env, drained: Drained) -> Recovered:
             delete_commit(checkpoints / name, done[-1])
             replayed[name] = done[-1]
     # a checkpoint moved away, one replaced by another query's, one deleted
-    (checkpoints / "silver_bpm").rename(checkpoints.parent / "silver_bpm.elsewhere")
-    shutil.rmtree(checkpoints / "silver_workout")
-    shutil.copytree(checkpoints / "silver_user_info", checkpoints / "silver_workout")
+    (checkpoints / "silver_users").rename(checkpoints.parent / "silver_users.elsewhere")
+    shutil.rmtree(checkpoints / "silver_gym_logs")
+    shutil.copytree(checkpoints / "derived_gym_summary", checkpoints / "silver_gym_logs")
     shutil.rmtree(checkpoints / "derived_gym_occupancy")
     registry = tables.ref(guard.REGISTRY_TABLE, layer="ops")
 
@@ -873,15 +873,15 @@ def recovered(spark: SparkSession, env: Env, drained: Drained) -> Recovered:
 
 
 def test_a_replayed_micro_batch_changes_nothing(recovered: Recovered, spark: SparkSession) -> None:
-    assert {KAFKA_BRONZE_QUERY, "silver_user_info", "derived_workout_bpm"} <= recovered.replayed.keys()
+    assert {KAFKA_BRONZE_QUERY, "derived_gym_summary", "derived_workout_bpm"} <= recovered.replayed.keys()
     checkpoints = Path(recovered.config.storage.checkpoint_root)
     for name, batch in recovered.replayed.items():
         assert batch in batches(checkpoints / name / "commits"), f"{name}: batch {batch} was not replayed"
     rows = rows_read(recovered.report)
-    # nothing new was produced: the rows read are the replayed batches'; the Delta sink skipped
-    # bronze's (it knows the batch from its transaction log) without reading its source
-    assert rows[KAFKA_BRONZE_QUERY] == 0
-    assert rows["silver_user_info"] > 0
+    # nothing new was produced: the rows read are the replayed batches' (the ingest query reads its
+    # last batch's offsets again; its silver writes insert nothing and the bronze append is skipped
+    # by its txnVersion)
+    assert rows[KAFKA_BRONZE_QUERY] > 0
     assert rows["derived_workout_bpm"] > 0
     # every column, load_time and quarantined_at included: nothing was rewritten
     assert_same_tables(snapshot(spark, recovered.config, every_column=True), recovered.before)
@@ -891,15 +891,19 @@ def test_a_deleted_or_moved_checkpoint_is_refused_unless_reset(
     recovered: Recovered, drained: Drained, spark: SparkSession
 ) -> None:
     message = recovered.refused
-    for query, why in (("silver_bpm", "missing"), ("silver_workout", "has id"), ("derived_gym_occupancy", "missing")):
+    for query, why in (
+        ("silver_users", "missing"),
+        ("silver_gym_logs", "has id"),
+        ("derived_gym_occupancy", "missing"),
+    ):
         assert why in message.split(f"  - {query}: ")[1].splitlines()[0], message
-    assert "silver_user_info:" not in message
+    assert "derived_workout_bpm:" not in message
     assert recovered.reset == sorted(REPLACED)
     checkpoints = Path(recovered.config.storage.checkpoint_root)
-    assert len(list(checkpoints.glob("silver_workout.reset-*"))) == 1  # moved aside, not deleted
+    assert len(list(checkpoints.glob("silver_gym_logs.reset-*"))) == 1  # moved aside, not deleted
     rows = rows_read(recovered.report)
-    assert rows["silver_bpm"] > 0  # the new checkpoints read their input from the start...
-    assert rows["silver_workout"] > 0
+    assert rows["silver_users"] > 0  # the new checkpoints read their input from the start...
+    assert rows["silver_gym_logs"] > 0
     assert_same_tables(snapshot(spark, recovered.config), drained.expected)  # ... and changed nothing
     # and from now on the new checkpoints are the registered ones
     assert guard.check(spark, recovered.config, Tables(recovered.config), recovered.names) == []
