@@ -20,14 +20,15 @@ from pyspark.sql import functions as F
 
 from fitbit_stream.config import Config
 from fitbit_stream.errors import PipelineError
+from fitbit_stream.io.bronze import KAFKA_BRONZE_QUERY
 from fitbit_stream.io.guard import read_checkpoint
-from fitbit_stream.io.ingest import KINDS, SilverTopics, state_key
+from fitbit_stream.io.ingest import KINDS, SilverTopics, enabled_ingest_queries, state_key
 from fitbit_stream.io.merge import with_conflict_retry
 from fitbit_stream.io.silver import QUARANTINE_KEY, LateState
 from fitbit_stream.io.tables import TableRef, Tables, is_uri
 from fitbit_stream.queries import BatchWriter, QueryFactory, await_query
 from fitbit_stream.recompute import COMPARED_TABLES
-from fitbit_stream.topology import INTERNAL_TABLES, QUERIES, TOPIC_QUERIES, checkpointed
+from fitbit_stream.topology import INTERNAL_TABLES, TOPIC_QUERIES, checkpointed
 from fitbit_stream.transforms.quality import LATE
 
 if TYPE_CHECKING:
@@ -175,10 +176,7 @@ def _rederive_in_batch(
     if keep_late:
         bronze = _without_late(bronze, tables)
     # Every enabled ingest query gets the state (the Kafka one when none is enabled).
-    on = {"kafka": config.kafka.enabled, "landing": config.landing.enabled}
-    ingest = [q.name for q in QUERIES if q.source in on]
-    enabled = [q.name for q in QUERIES if on.get(q.source)]
-    first, *others = enabled or ingest[:1]
+    first, *others = enabled_ingest_queries(config) or [KAFKA_BRONZE_QUERY]
     rows = bronze.persist()
     try:
         present = {str(r["topic"]) for r in rows.select("topic").distinct().collect()}

@@ -40,7 +40,15 @@ from fitbit_stream.transforms.parse import PayloadKind
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["KINDS", "BronzeAppend", "IngestWriter", "SilverTopics", "late_state_keys", "state_key"]
+__all__ = [
+    "KINDS",
+    "BronzeAppend",
+    "IngestWriter",
+    "SilverTopics",
+    "enabled_ingest_queries",
+    "late_state_keys",
+    "state_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +63,13 @@ def late_state_keys(config: Config, kind: PayloadKind) -> list[str]:
     ingest query (``realtime``), or the topic query's (``layered``)."""
     if config.streaming.mode == "layered":
         return [f"silver_{kind}"]
+    return [state_key(name, kind) for name in enabled_ingest_queries(config)]
+
+
+def enabled_ingest_queries(config: Config) -> list[str]:
+    """The ingest queries (Kafka, landing) this configuration runs, in drain order."""
     on = {"kafka": config.kafka.enabled, "landing": config.landing.enabled}
-    return [state_key(q.name, kind) for q in queries("realtime") if on.get(q.source)]
+    return [q.name for q in queries("realtime") if on.get(q.source)]
 
 
 class BronzeAppend:
