@@ -72,7 +72,10 @@ def spark_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
             "streaming.shuffle_partitions=1",
             "spark_conf={'spark.default.parallelism': '2', 'spark.sql.warehouse.dir': '"
             + str(base / "warehouse")
-            + "', 'spark.driver.memory': '2g'}",
+            + "', 'spark.driver.memory': '2g'"
+            # Each test makes its own tables: Delta's log cache (10,000 entries by default) would
+            # keep every one of them, with its snapshot, for the whole run.
+            + ", 'spark.databricks.delta.delta.log.cacheSize': '100'}",
         ],
     )
 

@@ -203,6 +203,15 @@ def _local_conf(config: Config) -> dict[str, str]:
         **session_conf(config),
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
+        # The status store keeps every job, stage and SQL execution (with its plan text) up to these
+        # limits even with the UI off. A pipeline runs several executions per micro-batch, and the
+        # defaults (1,000 each) hold hundreds of MB of plans on a driver that runs for days.
+        "spark.ui.retainedJobs": "200",
+        "spark.ui.retainedStages": "200",
+        "spark.ui.retainedTasks": "20000",
+        "spark.sql.ui.retainedExecutions": "100",
+        "spark.sql.streaming.ui.retainedQueries": "50",
+        "spark.sql.streaming.ui.retainedProgressUpdates": "100",
         # Queries share the cores evenly: each runs in its own pool (queries.scheduler_pool), declared
         # here so that Spark does not warn about each one as it appears.
         "spark.scheduler.mode": "FAIR",

@@ -110,11 +110,14 @@ def test_secret_scopes_of_the_shipped_databricks_config_resolve_through_dbutils(
 
 def test_py4j_wire_log_that_echoes_secrets_is_kept_off(spark: SparkSession, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    py4j = logging.getLogger("py4j")
-    saved = py4j.level
+    # py4j logs each command it sends on "py4j.clientserver"; an earlier session build in this
+    # process has already quietened both loggers, so the unguarded state is set up here.
+    loggers = [logging.getLogger("py4j"), logging.getLogger("py4j.clientserver")]
+    saved = [logger.level for logger in loggers]
     try:
         # What `-v` (root logger at DEBUG) would do without the guard: py4j logs the conf value sent.
-        py4j.setLevel(logging.NOTSET)
+        for logger in loggers:
+            logger.setLevel(logging.NOTSET)
         spark.conf.set("fitbit.test.canary", CANARY_SQL)
         assert CANARY_SQL in caplog.text
         caplog.clear()
@@ -125,4 +128,5 @@ def test_py4j_wire_log_that_echoes_secrets_is_kept_off(spark: SparkSession, capl
         assert not leaks(caplog.text)
     finally:
         spark.conf.unset("fitbit.test.canary")
-        py4j.setLevel(saved)
+        for logger, level in zip(loggers, saved):
+            logger.setLevel(level)
