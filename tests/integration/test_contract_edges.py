@@ -26,25 +26,18 @@ from typing import Any
 import pytest
 from pyspark.sql import SparkSession
 
-from fitbit_stream.config import Config, load_config
+from fitbit_stream.config import Config
 from fitbit_stream.io.tables import Tables
 from fitbit_stream.pipeline import Pipeline
-from fitbit_stream.schemas import KAFKA_MULTIPLEX_BZ
-from fitbit_stream.transforms.dates import week_part
 from reference.contract import TABLE_KEYS, Rules, contract_tables, diff_tables
+from support.world import PROFILE as BASE_PROFILE
+from support.world import Bronze, Record, source_db, world_config
 
 AS_OF = date(2025, 2, 28)  # a 29 February 2000 birthday is the 25th on this day
 RUN_1 = datetime(2025, 3, 4)
 RUN_2 = datetime(2025, 3, 5)
 US = timedelta(microseconds=1)
-PROFILE: dict[str, Any] = {
-    "dob": "01/15/1990",
-    "sex": "F",
-    "gender": "F",
-    "first_name": "Ann",
-    "last_name": "Lee",
-    "address": {"street_address": "1 Main St", "city": "Austin", "state": "TX", "zip": 8701},
-}
+PROFILE: dict[str, Any] = {**BASE_PROFILE, "sex": "F", "gender": "F"}
 
 
 def at(h: int, m: int = 0, s: int = 0, us: int = 0) -> datetime:
@@ -68,38 +61,32 @@ def dumps(value: object) -> str:
     return json.dumps(value)
 
 
-class Bronze:
-    """Appends literal Kafka records to kafka_multiplex_bz with increasing offsets per (topic, partition)."""
-
-    def __init__(self, spark: SparkSession, config: Config) -> None:
-        self.spark, self.tables, self.offsets = spark, Tables(config), dict[tuple[str, int], int]()
-
-    def add(self, load_time: datetime, records: list[tuple[str, str, object, datetime]]) -> None:
-        rows = []
-        for topic, key, value, ts in records:
-            partition = int(key) % 2
-            offset = self.offsets.get((topic, partition), 0)
-            text = value if value is None or isinstance(value, str) else dumps(value)
-            rows.append((key, text, topic, partition, offset, ts, ts.date(), None, load_time))
-            self.offsets[(topic, partition)] = offset + 1
-        df = self.spark.createDataFrame(rows, KAFKA_MULTIPLEX_BZ).withColumn("week_part", week_part("date"))
-        self.tables.append(df, self.tables.ensure(self.spark, "kafka_multiplex_bz"))
+def encode(value: object) -> str | None:
+    """A value as bronze holds it: NULL and text as they are, anything else in exact JSON."""
+    return value if value is None or isinstance(value, str) else dumps(value)
 
 
-def user(
-    uid: int, kind: str, t: datetime, ts: datetime | None = None, **profile: Any
-) -> tuple[str, str, object, datetime]:
+def by_parity(key: str | None) -> int:
+    """Even keys on partition 0, odd ones on 1: the offsets of each topic run per partition."""
+    assert key is not None
+    return int(key) % 2
+
+
+def exact_bronze(spark: SparkSession, config: Config) -> Bronze:
+    """Bronze over two partitions per topic (by key parity), values in exact JSON."""
+    return Bronze(spark, config, partition=by_parity, encode=encode)
+
+
+def user(uid: int, kind: str, t: datetime, ts: datetime | None = None, **profile: Any) -> Record:
     value = {"user_id": uid, "update_type": kind, "timestamp": epoch(t), **profile}
     return ("user_info", str(uid), value, ts or t)
 
 
-def bpm(device: int, t: datetime, hr: object, ts: datetime | None = None) -> tuple[str, str, object, datetime]:
+def bpm(device: int, t: datetime, hr: object, ts: datetime | None = None) -> Record:
     return ("bpm", str(device), {"device_id": device, "time": epoch(t), "heartrate": hr}, ts or t)
 
 
-def workout(
-    uid: int, wid: int, sid: int, action: str, t: datetime, ts: datetime | None = None
-) -> tuple[str, str, object, datetime]:
+def workout(uid: int, wid: int, sid: int, action: str, t: datetime, ts: datetime | None = None) -> Record:
     value = {"user_id": uid, "workout_id": wid, "session_id": sid, "timestamp": epoch(t), "action": action}
     return ("workout", str(uid), value, ts or t)
 
@@ -114,51 +101,28 @@ def mac(n: int) -> str:
 
 @pytest.fixture
 def world(tmp_path: Path, spark_config: Config) -> tuple[Config, Path]:
-    db = tmp_path / "source.db"
-    with sqlite3.connect(db) as conn:
-        conn.execute(
-            "CREATE TABLE registered_users "
-            "(user_id BIGINT, device_id BIGINT, mac_address TEXT, registration_timestamp TIMESTAMP)"
-        )
-        conn.execute("CREATE TABLE gym_logins (mac_address TEXT, gym BIGINT, login TIMESTAMP, logout TIMESTAMP)")
-        conn.executemany(
-            "INSERT INTO registered_users VALUES (?, ?, ?, ?)",
-            [
-                (1, 100, mac(1), sql_ts(datetime(2025, 3, 1))),
-                (2, 101, mac(2), sql_ts(datetime(2025, 3, 1))),
-                (6, 102, mac(6), sql_ts(datetime(2025, 3, 1))),
-                (7, 107, mac(7), sql_ts(datetime(2024, 12, 31, 23, 59, 59, 999_999))),
-            ],
-        )
-        conn.executemany(
-            "INSERT INTO gym_logins VALUES (?, ?, ?, ?)",
-            [
-                (mac(2), 2, sql_ts(at(6)), sql_ts(at(7))),  # a session starts exactly at logout
-                (mac(2), 1, sql_ts(at(10)), sql_ts(at(11))),  # a session starts exactly at login
-                (mac(6), 1, sql_ts(at(10, 0, 30, 500_000)), None),  # open now, closed in run 2
-                (mac(6), 1, sql_ts(at(10, 20)), sql_ts(at(10, 40))),  # the same member twice at once
-                (mac(99), 1, sql_ts(at(10, 30)), sql_ts(at(10, 31, 0, 300_000))),  # nobody's; 1.005 min
-                (mac(1), 3, sql_ts(at(9)), sql_ts(at(9, 45))),  # member 1 until the re-registration
-                (mac(2), 2, sql_ts(at(12)), None),  # open at the end
-            ],
-        )
-    (tmp_path / "landing").mkdir()
-    config = load_config(
-        None,
-        [
-            f"storage.root={tmp_path / 'lake'}",
-            f"storage.checkpoint_root={tmp_path / 'chk'}",
-            f"jars_dir={spark_config.jars_dir}",
-            "kafka.enabled=false",
-            "landing.enabled=true",
-            f"landing.path={tmp_path / 'landing'}",
-            f"sql.url=jdbc:sqlite:{db}",
-            "streaming.shuffle_partitions=1",
-            # records are written to bronze directly: the topic queries read them into silver
-            "streaming.mode=layered",
+    # records are written to bronze directly: the topic queries read them into silver
+    config = world_config(
+        tmp_path,
+        spark_config.jars_dir,
+        mode="layered",
+        registered=[
+            (1, 100, mac(1), sql_ts(datetime(2025, 3, 1))),
+            (2, 101, mac(2), sql_ts(datetime(2025, 3, 1))),
+            (6, 102, mac(6), sql_ts(datetime(2025, 3, 1))),
+            (7, 107, mac(7), sql_ts(datetime(2024, 12, 31, 23, 59, 59, 999_999))),
+        ],
+        gym_logins=[
+            (mac(2), 2, sql_ts(at(6)), sql_ts(at(7))),  # a session starts exactly at logout
+            (mac(2), 1, sql_ts(at(10)), sql_ts(at(11))),  # a session starts exactly at login
+            (mac(6), 1, sql_ts(at(10, 0, 30, 500_000)), None),  # open now, closed in run 2
+            (mac(6), 1, sql_ts(at(10, 20)), sql_ts(at(10, 40))),  # the same member twice at once
+            (mac(99), 1, sql_ts(at(10, 30)), sql_ts(at(10, 31, 0, 300_000))),  # nobody's; 1.005 min
+            (mac(1), 3, sql_ts(at(9)), sql_ts(at(9, 45))),  # member 1 until the re-registration
+            (mac(2), 2, sql_ts(at(12)), None),  # open at the end
         ],
     )
-    return config, db
+    return config, source_db(tmp_path)
 
 
 RUN_1_RECORDS = [
@@ -293,9 +257,9 @@ def test_every_table_equals_the_contract_reference_on_boundary_cases(
     spark: SparkSession, world: tuple[Config, Path]
 ) -> None:
     config, db = world
-    bronze = Bronze(spark, config)
+    bronze = exact_bronze(spark, config)
     pipeline = Pipeline(spark, config)
-    bronze.add(RUN_1, [*RUN_1_RECORDS, *PROBES])
+    bronze.add([*RUN_1_RECORDS, *PROBES], RUN_1)
     pipeline.run_once(as_of=AS_OF)
     first = _assert_equals_reference(spark, config)
     # the reference itself reads the boundaries as intended (so the comparison tests them)
@@ -327,7 +291,7 @@ def test_every_table_equals_the_contract_reference_on_boundary_cases(
             "WHERE user_id = 1",
             (mac(11), sql_ts(at(12))),
         )
-    bronze.add(RUN_2, RUN_2_RECORDS)
+    bronze.add(RUN_2_RECORDS, RUN_2)
     pipeline.run_once(as_of=AS_OF)
     second = _assert_equals_reference(spark, config)
     assert Counter(q["reason"] for q in second["quarantine"]) == Counter(
@@ -344,6 +308,6 @@ def test_every_table_equals_the_contract_reference_on_boundary_cases(
 def test_date_lookup_counts_the_year_of_every_accepted_change(spark: SparkSession, world: tuple[Config, Path]) -> None:
     config, _db = world
     # a delete of a user that was never created, sent late in 2023 and received in 2025 (accepted)
-    Bronze(spark, config).add(RUN_1, [user(55, "delete", datetime(2023, 12, 31, 23, 59), ts=at(12))])
+    exact_bronze(spark, config).add([user(55, "delete", datetime(2023, 12, 31, 23, 59), ts=at(12))], RUN_1)
     Pipeline(spark, config).run_once(as_of=AS_OF)
     assert {r["year"] for r in _assert_equals_reference(spark, config)["date_lookup"]} == {2023, 2024, 2025}

@@ -8,11 +8,10 @@ Gold must be corrected by the second run, and nothing may wait for a later event
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import threading
 import time
-from datetime import UTC, date, datetime
+from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 
 import pytest
@@ -20,152 +19,118 @@ from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fitbit_stream.config import Config, load_config
+from fitbit_stream.config import Config
 from fitbit_stream.errors import PipelineError
 from fitbit_stream.io.tables import Tables
 from fitbit_stream.pipeline import Pipeline, waves
-from fitbit_stream.schemas import KAFKA_MULTIPLEX_BZ
 from fitbit_stream.topology import ALL_JOBS, QuerySpec
-from fitbit_stream.transforms.dates import week_part
+from support.world import Bronze, Record, at, bpm, profile_change, table, workout, world_config
 
-D = datetime(2025, 3, 3)
-
-
-def at(h: int, m: int = 0, s: int = 0, day: int = 3) -> datetime:
-    return datetime(2025, 3, day, h, m, s)
-
-
-def epoch(ts: datetime) -> int:
-    return int(ts.replace(tzinfo=UTC).timestamp())
+#: One load_time for every bronze append in this file: ingestion order falls to (partition, offset).
+LOAD_TIME = datetime(2025, 3, 3)
 
 
 @pytest.fixture
 def world(tmp_path: Path, spark_config: Config) -> Config:
-    db = tmp_path / "source.db"
-    with sqlite3.connect(db) as conn:
-        conn.execute(
-            "CREATE TABLE registered_users "
-            "(user_id BIGINT, device_id BIGINT, mac_address TEXT, registration_timestamp TIMESTAMP)"
-        )
-        conn.execute("CREATE TABLE gym_logins (mac_address TEXT, gym BIGINT, login TIMESTAMP, logout TIMESTAMP)")
-        conn.execute("INSERT INTO registered_users VALUES (1, 101, 'aa:bb:cc:dd:ee:01', '2025-03-01 08:00:00')")
-        conn.execute(
-            "INSERT INTO gym_logins VALUES ('aa:bb:cc:dd:ee:01', 1, '2025-03-03 10:00:00', '2025-03-03 11:30:00')"
-        )
-    (tmp_path / "landing").mkdir()
-    return load_config(
-        None,
-        [
-            f"storage.root={tmp_path / 'lake'}",
-            f"storage.checkpoint_root={tmp_path / 'chk'}",
-            f"jars_dir={spark_config.jars_dir}",
-            "kafka.enabled=false",
-            "landing.enabled=true",
-            f"landing.path={tmp_path / 'landing'}",
-            f"sql.url=jdbc:sqlite:{db}",
-            "streaming.shuffle_partitions=1",
-            # records are written to bronze directly: the topic queries read them into silver
-            "streaming.mode=layered",
-        ],
-    )
+    # records are written to bronze directly: the topic queries read them into silver
+    return world_config(tmp_path, spark_config.jars_dir, mode="layered")
 
 
-class Bronze:
-    """Appends literal Kafka records to kafka_multiplex_bz, with increasing offsets per topic."""
-
-    def __init__(self, spark: SparkSession, config: Config) -> None:
-        self.spark, self.tables, self.offsets = spark, Tables(config), {"user_info": 0, "bpm": 0, "workout": 0}
-
-    def add(self, records: list[tuple[str, str, object, datetime]]) -> None:
-        rows = []
-        for topic, key, value, ts in records:
-            text = value if isinstance(value, str) else json.dumps(value)
-            rows.append((key, text, topic, 0, self.offsets[topic], ts, ts.date(), None, D))
-            self.offsets[topic] += 1
-        df = self.spark.createDataFrame(rows, KAFKA_MULTIPLEX_BZ).withColumn("week_part", week_part("date"))
-        self.tables.append(df, self.tables.ensure(self.spark, "kafka_multiplex_bz"))
-
-
-def bpm(device: int, ts: datetime, hr: float | None) -> tuple[str, str, object, datetime]:
-    return ("bpm", str(device), {"device_id": device, "time": epoch(ts), "heartrate": hr}, ts)
-
-
-def session_with_a_reading() -> list[tuple[str, str, object, datetime]]:
+def session_with_a_reading() -> list[Record]:
     """User 1's session 10:10-10:40 and device 101's reading at 10:20, sent twice."""
-
-    def event(action: str, ts: datetime) -> tuple[str, str, object, datetime]:
-        payload = {"user_id": 1, "workout_id": 5, "session_id": 1, "timestamp": epoch(ts), "action": action}
-        return ("workout", "1", payload, ts)
-
     reading = bpm(101, at(10, 20), 100.0)
-    return [event("start", at(10, 10)), event("stop", at(10, 40)), reading, reading]
+    return [workout(1, 5, 1, at(10, 10), "start"), workout(1, 5, 1, at(10, 40), "stop"), reading, reading]
 
 
-def table(spark: SparkSession, config: Config, name: str) -> DataFrame:
-    tables = Tables(config)
-    return tables.read(spark, tables.ref(name))
+# --- the end-to-end world: two runs with literal rows, then a third with nothing new
+
+RUN_1: list[Record] = [
+    profile_change(1, "new", at(0, day=2)),
+    workout(1, 5, 1, at(10, 10), "start"),
+    workout(1, 5, 1, at(10, 40), "stop"),
+    # a device clock a day ahead: quarantined as future, and it must not make others late
+    workout(1, 6, 2, at(10, 0, day=4), "start", record_time=at(10, 0)),
+    bpm(101, at(10, 10), 90.0),  # at start_time: excluded from the session
+    bpm(101, at(10, 20), 100.0),
+    bpm(101, at(10, 20), 55.0),  # duplicate key: the first ingested wins
+    bpm(101, at(10, 30), None),  # NULL: invalid
+    bpm(101, at(10, 35), 300.0),  # out of range: invalid
+    bpm(101, at(10, 40), 120.0),  # at end_time: included
+    bpm(101, at(10, 50), 130.0),  # after the session
+    ("bpm", "101", "not json", at(10, 51)),
+]
+# a reading after the summary, a reading beyond the horizon, a profile change
+RUN_2: list[Record] = [
+    bpm(101, at(10, 25), 110.0),  # older than the max (10:50) but within the 60 min horizon
+    bpm(101, at(9, 0), 70.0),  # more than 60 min before 10:50: late
+    profile_change(
+        1, "update", at(10, 5), address={"street_address": "2 Elm St", "city": "Dallas", "state": "TX", "zip": "75201"}
+    ),
+]
+
+FIRST_RUN_TABLES = (
+    "heart_rate",
+    "completed_workouts",
+    "quarantine",
+    "workout_bpm_summary",
+    "gym_summary",
+    "gym_occupancy",
+    "user_bins",
+    "user_profile",
+    "date_lookup",
+)
+SECOND_RUN_TABLES = ("workout_bpm_summary", "quarantine", "user_profile_history")
+COUNTED_TABLES = ("heart_rate", "workout_bpm", "quarantine", "gym_summary")
+
+SUMMARY_SCHEMA = (
+    "user_id bigint, workout_id int, session_id int, date date, age string, sex string, gender string, "
+    "city string, state string, min_bpm double, avg_bpm double, max_bpm double, num_recordings bigint"
+)
 
 
-PROFILE = {
-    "dob": "01/15/1990",
-    "sex": "M",
-    "gender": "M",
-    "first_name": "Ann",
-    "last_name": "Lee",
-    "address": {"street_address": "1 Main St", "city": "Austin", "state": "TX", "zip": 8701},
-}
+@dataclass(frozen=True)
+class EndToEnd:
+    """The end-to-end world's tables as each run left them (copies: a later run changes the tables)."""
+
+    first: dict[str, DataFrame]  # after run 1
+    second: dict[str, DataFrame]  # after run 2
+    counts_before: dict[str, int]  # row counts before run 3, which brings nothing new
+    counts_after: dict[str, int]  # and after it
 
 
-def test_pipeline_end_to_end_on_literal_rows(spark: SparkSession, world: Config) -> None:
-    bronze = Bronze(spark, world)
-    pipeline = Pipeline(spark, world)
-    bronze.add(
-        [
-            (
-                "user_info",
-                "1",
-                {"user_id": 1, "update_type": "new", "timestamp": epoch(at(0, day=2)), **PROFILE},
-                at(0, day=2),
-            ),
-            (
-                "workout",
-                "1",
-                {"user_id": 1, "workout_id": 5, "session_id": 1, "timestamp": epoch(at(10, 10)), "action": "start"},
-                at(10, 10),
-            ),
-            (
-                "workout",
-                "1",
-                {"user_id": 1, "workout_id": 5, "session_id": 1, "timestamp": epoch(at(10, 40)), "action": "stop"},
-                at(10, 40),
-            ),
-            # a device clock a day ahead: quarantined as future, and it must not make others late
-            (
-                "workout",
-                "1",
-                {
-                    "user_id": 1,
-                    "workout_id": 6,
-                    "session_id": 2,
-                    "timestamp": epoch(at(10, 0, day=4)),
-                    "action": "start",
-                },
-                at(10, 0),
-            ),
-            bpm(101, at(10, 10), 90.0),  # at start_time: excluded from the session
-            bpm(101, at(10, 20), 100.0),
-            bpm(101, at(10, 20), 55.0),  # duplicate key: the first ingested wins
-            bpm(101, at(10, 30), None),  # NULL: invalid
-            bpm(101, at(10, 35), 300.0),  # out of range: invalid
-            bpm(101, at(10, 40), 120.0),  # at end_time: included
-            bpm(101, at(10, 50), 130.0),  # after the session
-            ("bpm", "101", "not json", at(10, 51)),
-        ]
-    )
+def _copies(spark: SparkSession, config: Config, names: tuple[str, ...]) -> dict[str, DataFrame]:
+    """The tables' rows as they are now, in DataFrames of the same schema that no later run changes."""
+    copies = {}
+    for name in names:
+        df = table(spark, config, name)
+        copies[name] = spark.createDataFrame(df.collect(), df.schema)
+    return copies
+
+
+@pytest.fixture(scope="module")
+def end_to_end(spark: SparkSession, spark_config: Config, tmp_path_factory: pytest.TempPathFactory) -> EndToEnd:
+    """Runs the end-to-end world once for the module's tests: run 1, run 2, and run 3 (nothing new)."""
+    config = world_config(tmp_path_factory.mktemp("end_to_end"), spark_config.jars_dir, mode="layered")
+    bronze = Bronze(spark, config)
+    pipeline = Pipeline(spark, config)
+    bronze.add(RUN_1, LOAD_TIME)
     pipeline.run_once(as_of=date(2025, 6, 1))
+    first = _copies(spark, config, FIRST_RUN_TABLES)
+    bronze.add(RUN_2, LOAD_TIME)
+    pipeline.run_once(as_of=date(2025, 6, 1))
+    second = _copies(spark, config, SECOND_RUN_TABLES)
+    before = {name: table(spark, config, name).count() for name in COUNTED_TABLES}
+    pipeline.run_once(as_of=date(2025, 6, 1))
+    after = {name: table(spark, config, name).count() for name in COUNTED_TABLES}
+    return EndToEnd(first, second, before, after)
 
+
+def test_first_run_writes_the_silver_readings_sessions_and_quarantine(
+    spark: SparkSession, end_to_end: EndToEnd
+) -> None:
+    tables = end_to_end.first
     assert_df_equality(
-        table(spark, world, "heart_rate"),
+        tables["heart_rate"],
         spark.createDataFrame(
             [
                 (101, at(10, 10), 90.0, True),
@@ -182,7 +147,7 @@ def test_pipeline_end_to_end_on_literal_rows(spark: SparkSession, world: Config)
         ignore_column_order=True,
     )
     assert_df_equality(
-        table(spark, world, "completed_workouts"),
+        tables["completed_workouts"],
         spark.createDataFrame(
             [(1, 5, 1, at(10, 10), at(10, 40))],
             "user_id bigint, workout_id int, session_id int, start_time timestamp, end_time timestamp",
@@ -191,23 +156,23 @@ def test_pipeline_end_to_end_on_literal_rows(spark: SparkSession, world: Config)
         ignore_nullable=True,
         ignore_column_order=True,
     )
-    quarantine = table(spark, world, "quarantine").select("topic", "offset", "reason").collect()
+    quarantine = tables["quarantine"].select("topic", "offset", "reason").collect()
     assert sorted(tuple(r) for r in quarantine) == [("bpm", 7, "malformed_json"), ("workout", 2, "future")]
-    summary_schema = (
-        "user_id bigint, workout_id int, session_id int, date date, age string, sex string, gender string, "
-        "city string, state string, min_bpm double, avg_bpm double, max_bpm double, num_recordings bigint"
-    )
+
+
+def test_first_run_writes_the_gold_summaries(spark: SparkSession, end_to_end: EndToEnd) -> None:
+    tables = end_to_end.first
     assert_df_equality(
-        table(spark, world, "workout_bpm_summary"),
+        tables["workout_bpm_summary"],
         spark.createDataFrame(
-            [(1, 5, 1, date(2025, 3, 3), "35-45", "M", "M", "Austin", "TX", 100.0, 110.0, 120.0, 2)], summary_schema
+            [(1, 5, 1, date(2025, 3, 3), "35-45", "M", "M", "Austin", "TX", 100.0, 110.0, 120.0, 2)], SUMMARY_SCHEMA
         ),
         ignore_row_order=True,
         ignore_nullable=True,
         ignore_column_order=True,
     )
     assert_df_equality(
-        table(spark, world, "gym_summary"),
+        tables["gym_summary"],
         spark.createDataFrame(
             [(1, "aa:bb:cc:dd:ee:01", at(10), date(2025, 3, 3), at(11, 30), [5], 1, 90.0, 30.0)],
             "gym bigint, mac_address string, login timestamp, date date, logout timestamp, workouts array<int>, "
@@ -218,7 +183,7 @@ def test_pipeline_end_to_end_on_literal_rows(spark: SparkSession, world: Config)
         ignore_column_order=True,
     )
     assert_df_equality(
-        table(spark, world, "gym_occupancy"),
+        tables["gym_occupancy"],
         spark.createDataFrame(
             [(1, at(10), 1, 1.0, 1), (1, at(11), 1, 0.5, 1)],
             "gym bigint, hour timestamp, visitors bigint, avg_occupancy double, peak_occupancy bigint",
@@ -227,8 +192,12 @@ def test_pipeline_end_to_end_on_literal_rows(spark: SparkSession, world: Config)
         ignore_nullable=True,
         ignore_column_order=True,
     )
+
+
+def test_first_run_writes_the_user_bins_profile_and_date_lookup(spark: SparkSession, end_to_end: EndToEnd) -> None:
+    tables = end_to_end.first
     assert_df_equality(
-        table(spark, world, "user_bins"),
+        tables["user_bins"],
         spark.createDataFrame(
             [(1, "35-45", "M", "Austin", "TX")], "user_id bigint, age string, gender string, city string, state string"
         ),
@@ -236,61 +205,46 @@ def test_pipeline_end_to_end_on_literal_rows(spark: SparkSession, world: Config)
         ignore_nullable=True,
         ignore_column_order=True,
     )
-    profile = table(spark, world, "user_profile").select("user_id", "zip", "updated").collect()
+    profile = tables["user_profile"].select("user_id", "zip", "updated").collect()
     assert [tuple(r) for r in profile] == [(1, "08701", at(0, day=2))]
-    years = table(spark, world, "date_lookup").agg(F.count("*"), F.min("date"), F.max("date")).first()
+    years = tables["date_lookup"].agg(F.count("*"), F.min("date"), F.max("date")).first()
     assert tuple(years) == (365, date(2025, 1, 1), date(2025, 12, 31))
 
-    # --- second run: a reading after the summary, a profile change, a reading beyond the horizon
-    bronze.add(
-        [
-            bpm(101, at(10, 25), 110.0),  # older than the max (10:50) but within the 60 min horizon
-            bpm(101, at(9, 0), 70.0),  # more than 60 min before 10:50: late
-            (
-                "user_info",
-                "1",
-                {
-                    "user_id": 1,
-                    "update_type": "update",
-                    "timestamp": epoch(at(10, 5)),
-                    **PROFILE,
-                    "address": {"street_address": "2 Elm St", "city": "Dallas", "state": "TX", "zip": "75201"},
-                },
-                at(10, 5),
-            ),
-        ]
-    )
-    pipeline.run_once(as_of=date(2025, 6, 1))
+
+def test_second_run_corrects_gold_with_a_later_reading_and_a_profile_change(
+    spark: SparkSession, end_to_end: EndToEnd
+) -> None:
+    tables = end_to_end.second
     assert_df_equality(
-        table(spark, world, "workout_bpm_summary"),
+        tables["workout_bpm_summary"],
         spark.createDataFrame(
-            [(1, 5, 1, date(2025, 3, 3), "35-45", "M", "M", "Dallas", "TX", 100.0, 110.0, 120.0, 3)], summary_schema
+            [(1, 5, 1, date(2025, 3, 3), "35-45", "M", "M", "Dallas", "TX", 100.0, 110.0, 120.0, 3)], SUMMARY_SCHEMA
         ),
         ignore_row_order=True,
         ignore_nullable=True,
         ignore_column_order=True,
     )
-    quarantine = table(spark, world, "quarantine").select("topic", "offset", "reason").collect()
+    history = tables["user_profile_history"].select("user_id", "city", "valid_from", "valid_to").collect()
+    assert sorted(tuple(r) for r in history) == [(1, "Austin", at(0, day=2), at(10, 5)), (1, "Dallas", at(10, 5), None)]
+
+
+def test_second_run_quarantines_the_reading_beyond_the_horizon_as_late(end_to_end: EndToEnd) -> None:
+    quarantine = end_to_end.second["quarantine"].select("topic", "offset", "reason").collect()
     assert sorted(tuple(r) for r in quarantine) == [
         ("bpm", 7, "malformed_json"),
         ("bpm", 9, "late"),
         ("workout", 2, "future"),
     ]
-    history = table(spark, world, "user_profile_history").select("user_id", "city", "valid_from", "valid_to").collect()
-    assert sorted(tuple(r) for r in history) == [(1, "Austin", at(0, day=2), at(10, 5)), (1, "Dallas", at(10, 5), None)]
 
-    # --- a third run with nothing new changes nothing
-    before = {
-        name: table(spark, world, name).count() for name in ("heart_rate", "workout_bpm", "quarantine", "gym_summary")
-    }
-    pipeline.run_once(as_of=date(2025, 6, 1))
-    assert {name: table(spark, world, name).count() for name in before} == before
+
+def test_a_third_run_with_nothing_new_changes_nothing(end_to_end: EndToEnd) -> None:
+    assert end_to_end.counts_after == end_to_end.counts_before
 
 
 def test_layers_run_in_order_and_progress_is_persisted(spark: SparkSession, world: Config) -> None:
     bronze = Bronze(spark, world)
     pipeline = Pipeline(spark, world)
-    bronze.add([*session_with_a_reading(), bpm(101, at(10, 30), None)])
+    bronze.add([*session_with_a_reading(), bpm(101, at(10, 30), None)], LOAD_TIME)
     shown: list[str] = []
     pipeline.run_once(as_of=date(2025, 6, 1), layers="bronze", progress=shown.append)
     assert table(spark, world, "registered_users_bz").count() == 1
@@ -334,15 +288,17 @@ def test_tombstones_older_than_the_retention_are_purged_and_stay_effective(spark
     pipeline = Pipeline(spark, world)
     jan1, jan2, mar3 = datetime(2025, 1, 1), datetime(2025, 1, 2), at(12)
 
-    def change(user: int, kind: str, ts: datetime) -> tuple[str, str, object, datetime]:
-        profile = {} if kind == "delete" else PROFILE
-        return ("user_info", str(user), {"user_id": user, "update_type": kind, "timestamp": epoch(ts), **profile}, ts)
-
     # user 1 is deleted 60 days before the newest change; user 3 only 1 hour before it
     bronze.add(
-        [change(1, "new", jan1), change(1, "delete", jan2), change(3, "new", at(10)), change(3, "delete", at(11))]
+        [
+            profile_change(1, "new", jan1),
+            profile_change(1, "delete", jan2),
+            profile_change(3, "new", at(10)),
+            profile_change(3, "delete", at(11)),
+        ],
+        LOAD_TIME,
     )
-    bronze.add([change(2, "new", mar3)])
+    bronze.add([profile_change(2, "new", mar3)], LOAD_TIME)
     pipeline.run_once(as_of=date(2025, 6, 1))
     tables = Tables(world)
     changes = tables.read(spark, tables.ref("_user_profile_changes", layer="silver"))
@@ -353,7 +309,7 @@ def test_tombstones_older_than_the_retention_are_purged_and_stay_effective(spark
     assert [r["user_id"] for r in table(spark, world, "user_profile").collect()] == [2]
 
     # a stale update of user 1 can no longer be hidden by the purged tombstone: it is late
-    bronze.add([change(1, "update", datetime(2025, 1, 1, 12))])
+    bronze.add([profile_change(1, "update", datetime(2025, 1, 1, 12))], LOAD_TIME)
     pipeline.run_once(as_of=date(2025, 6, 1))
     assert [r["user_id"] for r in table(spark, world, "user_profile").collect()] == [2]
     late = table(spark, world, "quarantine").filter("topic = 'user_info'").select("key", "reason").collect()
@@ -410,7 +366,7 @@ def test_date_lookup_reads_only_the_rows_written_since_it_last_looked(
 ) -> None:
     bronze = Bronze(spark, world)
     pipeline = Pipeline(spark, world)
-    bronze.add([bpm(101, at(10, 20), 100.0)])
+    bronze.add([bpm(101, at(10, 20), 100.0)], LOAD_TIME)
     pipeline.run_once(as_of=date(2025, 6, 1))
 
     def years() -> list[int]:
@@ -418,7 +374,7 @@ def test_date_lookup_reads_only_the_rows_written_since_it_last_looked(
 
     assert years() == [2025]
     new_year = datetime(2026, 1, 2, 3, 4)
-    bronze.add([bpm(101, new_year, 90.0)])
+    bronze.add([bpm(101, new_year, 90.0)], LOAD_TIME)
     read, changes = [], []
     tables = pipeline.tables
     real_read, real_changes = tables.read, tables.read_changes
@@ -447,7 +403,7 @@ def test_run_continuously_reaches_gold_with_its_own_derived_trigger_and_stops_cl
             "sql": world.sql.model_copy(update={"poll_interval_seconds": 1.0}),
         }
     )
-    Bronze(spark, config).add(session_with_a_reading())
+    Bronze(spark, config).add(session_with_a_reading(), LOAD_TIME)
     pipeline = Pipeline(spark, config)
     triggers: dict[str, object] = {}
     started = pipeline.queries.start

@@ -9,10 +9,8 @@ must be reported as implausible.
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -28,51 +26,22 @@ from fitbit_stream.io.tables import Tables
 from fitbit_stream.pipeline import Pipeline
 from fitbit_stream.rebuild import rebuild
 from fitbit_stream.recompute import COMPARED_TABLES, recompute
-from fitbit_stream.schemas import KAFKA_MULTIPLEX_BZ, QUARANTINE
-from fitbit_stream.transforms.dates import week_part
+from fitbit_stream.schemas import QUARANTINE
 from fitbit_stream.verify import verify
+from support.world import PROFILE, REGISTERED, Bronze, Record, at, bpm, profile_change, table, workout, world_overrides
 
 AS_OF = date(2025, 6, 1)
-LOAD = datetime(2025, 3, 3, 12, 0)
-
-Record = tuple[str, str, object, datetime]
-
-
-def at(h: int, m: int = 0, day: int = 3) -> datetime:
-    return datetime(2025, 3, day, h, m)
-
-
-def epoch(ts: datetime) -> int:
-    return int(ts.replace(tzinfo=UTC).timestamp())
 
 
 @pytest.fixture
 def overrides(tmp_path: Path, spark_config: Config) -> list[str]:
-    db = tmp_path / "source.db"
-    with sqlite3.connect(db) as conn:
-        conn.execute(
-            "CREATE TABLE registered_users "
-            "(user_id BIGINT, device_id BIGINT, mac_address TEXT, registration_timestamp TIMESTAMP)"
-        )
-        conn.execute("CREATE TABLE gym_logins (mac_address TEXT, gym BIGINT, login TIMESTAMP, logout TIMESTAMP)")
-        conn.execute("INSERT INTO registered_users VALUES (1, 101, 'aa:bb:cc:dd:ee:01', '2025-03-01 08:00:00')")
-        conn.execute("INSERT INTO registered_users VALUES (2, 202, 'aa:bb:cc:dd:ee:02', '2025-03-01 09:00:00')")
-        conn.execute(
-            "INSERT INTO gym_logins VALUES ('aa:bb:cc:dd:ee:01', 1, '2025-03-03 10:00:00', '2025-03-03 11:30:00')"
-        )
-    (tmp_path / "landing").mkdir()
-    return [
-        f"storage.root={tmp_path / 'lake'}",
-        f"storage.checkpoint_root={tmp_path / 'chk'}",
-        f"jars_dir={spark_config.jars_dir}",
-        "kafka.enabled=false",
-        "landing.enabled=true",
-        f"landing.path={tmp_path / 'landing'}",
-        f"sql.url=jdbc:sqlite:{db}",
-        "streaming.shuffle_partitions=1",
-        # records are written to bronze directly: the topic queries read them into silver
-        "streaming.mode=layered",
-    ]
+    # records are written to bronze directly: the topic queries read them into silver
+    return world_overrides(
+        tmp_path,
+        spark_config.jars_dir,
+        mode="layered",
+        registered=[*REGISTERED, (2, 202, "aa:bb:cc:dd:ee:02", "2025-03-01 09:00:00")],
+    )
 
 
 @pytest.fixture
@@ -80,54 +49,8 @@ def world(overrides: list[str]) -> Config:
     return load_config(None, overrides)
 
 
-class Bronze:
-    """Appends literal Kafka records to kafka_multiplex_bz: increasing offsets per topic, and one
-    load_time per append (a later append is a later bronze commit)."""
-
-    def __init__(self, spark: SparkSession, config: Config) -> None:
-        self.spark, self.tables = spark, Tables(config)
-        self.offsets = {"user_info": 0, "bpm": 0, "workout": 0}
-        self.loads = 0
-
-    def add(self, records: list[Record]) -> None:
-        load_time = LOAD + timedelta(minutes=self.loads)
-        self.loads += 1
-        rows = []
-        for topic, key, value, ts in records:
-            text = value if isinstance(value, str) else json.dumps(value)
-            rows.append((key, text, topic, 0, self.offsets[topic], ts, ts.date(), None, load_time))
-            self.offsets[topic] += 1
-        df = self.spark.createDataFrame(rows, KAFKA_MULTIPLEX_BZ).withColumn("week_part", week_part("date"))
-        self.tables.append(df, self.tables.ensure(self.spark, "kafka_multiplex_bz"))
-
-
-def bpm(device: int, ts: datetime, hr: float | None) -> Record:
-    return ("bpm", str(device), {"device_id": device, "time": epoch(ts), "heartrate": hr}, ts)
-
-
-def workout(user: int, wid: int, sid: int, ts: datetime, action: str, *, record_time: datetime | None = None) -> Record:
-    payload = {"user_id": user, "workout_id": wid, "session_id": sid, "timestamp": epoch(ts), "action": action}
-    return ("workout", str(user), payload, record_time or ts)
-
-
-PROFILE = {
-    "dob": "01/15/1990",
-    "sex": "M",
-    "gender": "M",
-    "first_name": "Ann",
-    "last_name": "Lee",
-    "address": {"street_address": "1 Main St", "city": "Austin", "state": "TX", "zip": 8701},
-}
-
-
-def profile_change(kind: str, ts: datetime, city: str) -> Record:
-    address = {**PROFILE["address"], "city": city}  # type: ignore[dict-item]  # a literal dict
-    payload = {"user_id": 1, "update_type": kind, "timestamp": epoch(ts), **PROFILE, "address": address}
-    return ("user_info", "1", payload, ts)
-
-
 RUN1: list[Record] = [
-    profile_change("new", at(0, day=2), "Austin"),
+    profile_change(1, "new", at(0, day=2)),
     workout(1, 5, 1, at(10, 10), "start"),
     workout(1, 5, 1, at(10, 40), "stop"),
     workout(2, 7, 1, at(10, 30), "start"),
@@ -145,7 +68,7 @@ RUN1: list[Record] = [
 RUN2: list[Record] = [
     bpm(101, at(10, 25), 110.0),  # older than the max (10:50), within the 60 min horizon
     bpm(101, at(9, 0), 70.0),  # more than 60 min before 10:50: late
-    profile_change("update", at(10, 5), "Dallas"),
+    profile_change(1, "update", at(10, 5), address={**PROFILE["address"], "city": "Dallas"}),
 ]
 
 HEART_RATE_ROWS = [
@@ -169,11 +92,6 @@ QUARANTINE_ROWS = [
     ("workout", 0, 3, "invalid_session"),
     ("workout", 0, 4, "future"),
 ]
-
-
-def table(spark: SparkSession, config: Config, name: str) -> DataFrame:
-    tables = Tables(config)
-    return tables.read(spark, tables.ref(name))
 
 
 def assert_rows(actual: DataFrame, rows: Sequence[tuple[object, ...]], schema: str) -> None:

@@ -21,7 +21,9 @@ Readings taken where the contract leaves room (the e2e report lists them):
   ``start_time``, so a summary never moves from one run to the next; no version gives NULL (§3.2).
 - A ``user_info`` field that is present is type-checked whatever the update_type.
 - "Identical duplicate messages" of ``user_info`` are changes with the same user, type, timestamp
-  and profile; the first ingested stands.
+  and profile; the copy earliest in Kafka order (offset, then partition) stands, so which copy
+  stands does not depend on how the copies were split over micro-batches. Identical content means
+  the copies differ only in where they sit in that order (§3.1), which this choice fixes.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ __all__ = [
     "contract_tables",
     "diff_tables",
     "months_between",
+    "profile_tables",
     "us_week",
 ]
 
@@ -390,10 +393,17 @@ def _first_per_key(items: Iterable[_Accepted], key: Sequence[str]) -> dict[tuple
 # --- silver --------------------------------------------------------------------------------------
 
 
+def profile_tables(changes: Iterable[tuple[Row, Mapping[str, Any]]]) -> tuple[list[Row], list[Row]]:
+    """user_profile and user_profile_history (§3.1) of accepted ``user_info`` changes, each a parsed
+    row (``user_id``, ``update_type``, ``time`` and the profile fields) with the bronze record it
+    came from (``partition``, ``offset``)."""
+    return _profile_tables([_Accepted(row, record) for row, record in changes])
+
+
 def _profile_tables(changes: list[_Accepted]) -> tuple[list[Row], list[Row]]:
     """user_profile and user_profile_history (§3.1)."""
     identical: dict[tuple[Any, ...], _Accepted] = {}
-    for c in sorted(changes, key=lambda a: _ingestion_order(a.record)):
+    for c in sorted(changes, key=lambda a: (a.record["offset"], a.record["partition"])):
         r = c.row
         identical.setdefault((r["user_id"], r["update_type"], r["time"], *(r[f] for f in PROFILE_FIELDS)), c)
     per_user: dict[int, list[_Accepted]] = defaultdict(list)

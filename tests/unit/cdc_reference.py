@@ -1,11 +1,11 @@
-"""A tiny pure-Python reading of CONTRACT.md §3.1, independent of Spark, plus test-data helpers.
+"""Test data for the CDC engine (changes as rows, hypothesis strategies) and its oracle, the
+contract reference's §3.1 (``tests/reference/contract.py``) in the tuples these tests compare.
 
-Used by test_cdc.py and test_cdc_merge.py as the oracle of the hypothesis property tests.
+Used by test_cdc.py and test_cdc_merge.py.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 
@@ -20,6 +20,8 @@ from pyspark.sql.types import (
     StructType,
     TimestampType,
 )
+
+from reference.contract import PROFILE_FIELDS, profile_tables
 
 T0 = datetime(2023, 3, 1, 10, 0, tzinfo=UTC)
 LOAD = datetime(2023, 3, 2, 0, 0, tzinfo=UTC)
@@ -87,36 +89,28 @@ def changes_df(spark: SparkSession, changes: list[Change]) -> DataFrame:
     return spark.createDataFrame([c.row() for c in changes], CHANGES)
 
 
-_RANK = {"new": 0, "update": 1, "delete": 2}
-
-
 def reference(changes: list[Change]) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
-    """(user_profile rows, user_profile_history rows) after applying every change in total order.
+    """(user_profile rows, user_profile_history rows) by the contract reference
+    (``tests/reference/contract.py``), the one oracle of §3.1 that the e2e tests use too.
 
     Rows: (user_id, *profile, updated) and (user_id, *profile, valid_from, valid_to).
     """
-    earliest: dict[tuple[object, ...], Change] = {}
-    for c in changes:  # identical duplicate messages count once: the earliest copy stands
-        content = (c.user_id, c.event_time, c.update_type, c.values)
-        kept = earliest.get(content)
-        if kept is None or (c.offset, c.partition) < (kept.offset, kept.partition):
-            earliest[content] = c
-    per_user: dict[int, list[Change]] = defaultdict(list)
-    for c in earliest.values():
-        per_user[c.user_id].append(c)
-    profiles: list[tuple[object, ...]] = []
-    history: list[tuple[object, ...]] = []
-    for user_id, user_changes in per_user.items():
-        user_changes.sort(key=lambda c: (c.event_time, _RANK[c.update_type], c.offset, c.partition))
-        current: Change | None = None
-        for c in user_changes:
-            if current is not None and current.event_time != c.event_time:
-                history.append((user_id, *current.values, current.event_time, c.event_time))
-            current = None if c.update_type == "delete" else c
-        if current is not None:
-            history.append((user_id, *current.values, current.event_time, None))
-            profiles.append((user_id, *current.values, current.event_time))
-    return profiles, history
+    profiles, history = profile_tables(
+        (
+            {
+                "user_id": c.user_id,
+                "update_type": c.update_type,
+                "time": c.event_time,
+                **dict(zip(PROFILE_FIELDS, c.values, strict=True)),
+            },
+            {"partition": c.partition, "offset": c.offset},
+        )
+        for c in changes
+    )
+    return (
+        [(p["user_id"], *(p[f] for f in PROFILE_FIELDS), p["updated"]) for p in profiles],
+        [(h["user_id"], *(h[f] for f in PROFILE_FIELDS), h["valid_from"], h["valid_to"]) for h in history],
+    )
 
 
 # --- hypothesis strategies -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from fitbit_stream.config import KafkaTopics, RulesConfig
 from fitbit_stream.generator import build_world
 from fitbit_stream.generator.model import ChaosConfig, GeneratorConfig, KafkaEmission
 from fitbit_stream.generator.murmur2 import partition_for_key
-from reference.contract import Rules, age_bin, contract_tables, us_week
+from reference.contract import PROFILE_FIELDS, Rules, age_bin, contract_tables, profile_tables, us_week
 
 EPOCH = datetime(1970, 1, 1)
 
@@ -46,6 +46,23 @@ def test_us_week(day: date, week: int) -> None:
 )
 def test_age_bin(dob: date | None, on: date, expected: str) -> None:
     assert age_bin(dob, on) == expected
+
+
+def test_identical_copies_count_once_and_the_earliest_in_kafka_order_stands() -> None:
+    """§3.1: copies of one change count once. The copy that stands decides the order among
+    changes of one type at one instant (offset order): the lowest offset (then partition) stands,
+    whichever copy was ingested first."""
+    t = datetime(2023, 3, 1, 10)
+
+    def change(name: str, partition: int, offset: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        values = dict.fromkeys(PROFILE_FIELDS) | {"first_name": name}
+        return {"user_id": 1, "update_type": "update", "time": t, **values}, {"partition": partition, "offset": offset}
+
+    # Ann's copy at offset 5 (partition 1) arrived after her copy at offset 20 (partition 0); Bea
+    # sits at offset 10. Ann's offset-5 copy stands, so Bea is applied last.
+    profiles, history = profile_tables([change("Ann", 0, 20), change("Bea", 0, 10), change("Ann", 1, 5)])
+    assert [(p["user_id"], p["first_name"], p["updated"]) for p in profiles] == [(1, "Bea", t)]
+    assert [(h["first_name"], h["valid_from"], h["valid_to"]) for h in history] == [("Bea", t, None)]
 
 
 def test_reference_quarantines_exactly_the_generator_bad_records() -> None:
