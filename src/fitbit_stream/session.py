@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -39,8 +40,11 @@ if TYPE_CHECKING:
 __all__ = [
     "DATABRICKS_ROCKSDB_PROVIDER",
     "HDFS_STATE_STORE_PROVIDER",
+    "MINIMUM_SPARK",
     "OSS_ROCKSDB_PROVIDER",
+    "TESTED_SPARK",
     "Verbosity",
+    "check_spark_version",
     "configure_session",
     "fair_scheduler_xml",
     "get_spark",
@@ -49,6 +53,7 @@ __all__ = [
     "quiet_py4j",
     "session_conf",
     "set_verbosity",
+    "spark_version_problem",
     "state_store_provider",
 ]
 
@@ -283,9 +288,47 @@ def _require_delta(spark: SparkSession) -> None:
         ) from None
 
 
+#: The Spark versions the library runs on: VARIANT parsing and ``is_valid_utf8`` arrived in 4.0.
+MINIMUM_SPARK = (4, 0)
+#: The Spark minor version the test suite runs (pyspark 4.2.0 with delta-spark 4.4.1; Databricks
+#: runtime 19, which the bundle pins). Another 4.x runs with a one-line warning.
+TESTED_SPARK = (4, 2)
+
+
+def spark_version_problem(version: str) -> tuple[str, str] | None:
+    """("error" or "warning", one line) when Spark ``version`` is outside the supported range."""
+    parts = re.match(r"(\d+)\.(\d+)", version)
+    if parts is None:
+        return ("warning", f"Spark version {version!r} is not a version number; the library is tested on Spark 4.2")
+    found = (int(parts[1]), int(parts[2]))
+    if found < MINIMUM_SPARK:
+        return (
+            "error",
+            f"Spark {version} is too old: fitbit-stream needs Spark 4.0 or newer (VARIANT parsing); "
+            "on Databricks pick runtime 17.3 LTS or newer (the bundle's spark_version variable), "
+            "locally `pip install 'fitbit-stream[local]'`",
+        )
+    if found != TESTED_SPARK:
+        return ("warning", f"Spark {version}: fitbit-stream is tested on Spark 4.2 (Databricks runtime 19)")
+    return None
+
+
+def check_spark_version(spark: SparkSession) -> None:
+    """Refuse a Spark without what the transforms use; warn, in one line, on an untested one."""
+    problem = spark_version_problem(spark.version)
+    if problem is None:
+        return
+    kind, message = problem
+    if kind == "error":
+        raise PlatformError(message)
+    logging.getLogger(__name__).warning(message)
+
+
 def configure_session(spark: SparkSession, config: Config, auth: AzureAuth) -> None:
-    """Make an existing session ready for ``config``: check credentials, then set session settings."""
+    """Make an existing session ready for ``config``: check credentials and the Spark version, then
+    set session settings."""
     quiet_py4j()
+    check_spark_version(spark)
     if not auth.checked:
         auth.check()
     for key, value in session_conf(config).items():

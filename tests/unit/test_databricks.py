@@ -18,6 +18,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ from fitbit_stream import jobs
 from fitbit_stream.azure import AzureAuth
 from fitbit_stream.config import Config, Layer, Platform, load_config
 from fitbit_stream.dashboard.lakeview import BUNDLE_DASHBOARD_FILE
-from fitbit_stream.errors import InvalidConfigError
+from fitbit_stream.errors import InvalidConfigError, PlatformError
 from fitbit_stream.io.tables import Tables
 from fitbit_stream.schemas import TABLES
 from fitbit_stream.session import (
@@ -93,8 +94,9 @@ class FakeConf:
 class FakeSession:
     """What a Databricks cluster hands out, reduced to the session settings it receives."""
 
-    def __init__(self) -> None:
+    def __init__(self, version: str = "4.2.0") -> None:
         self.conf = FakeConf()
+        self.version = version
 
 
 @pytest.fixture(autouse=True)
@@ -951,6 +953,47 @@ def test_databricks_session_gets_checked_credentials_then_its_settings(monkeypat
         ),
     }
     assert credential.scopes == [("https://database.windows.net/.default",), ("https://storage.azure.com/.default",)]
+
+
+@pytest.mark.parametrize(
+    ("version", "refused", "warning"),
+    [
+        ("3.5.2", "Spark 3.5.2 is too old: fitbit-stream needs Spark 4.0 or newer", None),
+        ("4.0.0", None, "Spark 4.0.0: fitbit-stream is tested on Spark 4.2 (Databricks runtime 19)"),
+        ("4.2.0", None, None),
+        ("4.2.1-SNAPSHOT", None, None),
+    ],
+)
+def test_the_runtime_spark_version_is_checked_before_the_session_is_touched(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    version: str,
+    refused: str | None,
+    warning: str | None,
+) -> None:
+    """A cluster whose Spark lacks what the transforms use is refused in one line that names the
+    version and the fix, before any credential or setting; an untested 4.x gets one warning line."""
+    from pyspark.sql import SparkSession
+
+    cluster = FakeSession(version)
+    monkeypatch.setattr(SparkSession, "getActiveSession", classmethod(lambda cls: cluster))
+    config = load_config(ROOT / "conf" / "databricks.yaml")
+    credential = FakeCredential()
+    auth = AzureAuth(config, credential=credential, dbutils=FakeDBUtils(SECRETS))
+    caplog.set_level(logging.WARNING, logger="fitbit_stream.session")
+    if refused is not None:
+        with pytest.raises(PlatformError, match=re.escape(refused)) as info:
+            get_spark(config, auth=auth)
+        assert "\n" not in str(info.value)
+        assert "runtime 17.3 LTS or newer" in str(info.value)
+        assert cluster.conf.values == {}
+        assert credential.scopes == []
+        return
+    get_spark(config, auth=auth)
+    assert cluster.conf.values["spark.sql.session.timeZone"] == "UTC"
+    assert [r.getMessage() for r in caplog.records if r.name == "fitbit_stream.session"] == (
+        [] if warning is None else [warning]
+    )
 
 
 def test_databricks_session_is_not_touched_when_a_secret_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
