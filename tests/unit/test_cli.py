@@ -233,6 +233,25 @@ def test_a_local_session_is_quiet_and_declares_a_pool_per_query() -> None:
     assert "logger.gateway.level = error" in log4j
 
 
+def test_a_local_driver_keeps_bounded_status_and_the_config_can_raise_it() -> None:
+    """Spark's status store keeps jobs, stages and SQL executions (with their plans) even with the UI
+    off; the defaults (1,000 each) ran a 2 GB driver out of memory after 40 minutes of micro-batches."""
+    from fitbit_stream.config import load_config
+
+    conf = session._local_conf(load_config(None))
+    assert conf["spark.ui.enabled"] == "false"
+    assert {k: conf[k] for k in conf if "retained" in k} == {
+        "spark.ui.retainedJobs": "200",
+        "spark.ui.retainedStages": "200",
+        "spark.ui.retainedTasks": "20000",
+        "spark.sql.ui.retainedExecutions": "100",
+        "spark.sql.streaming.ui.retainedQueries": "50",
+        "spark.sql.streaming.ui.retainedProgressUpdates": "100",
+    }
+    raised = session._local_conf(load_config(None, ["spark_conf[spark.sql.ui.retainedExecutions]=5000"]))
+    assert raised["spark.sql.ui.retainedExecutions"] == "5000"
+
+
 @pytest.mark.parametrize(("verbosity", "level", "traces"), [("verbose", "warn", "false"), ("debug", "warn", "true")])
 def test_verbose_and_debug_bring_spark_warnings_and_traces_back(verbosity: str, level: str, traces: str) -> None:
     from fitbit_stream.config import load_config
