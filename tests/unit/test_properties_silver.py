@@ -33,7 +33,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
 from fitbit_stream import topology
-from fitbit_stream.config import Config, load_config
+from fitbit_stream.config import Config
 from fitbit_stream.io.derived import DERIVED, change_stream
 from fitbit_stream.io.silver import TopicWriter
 from fitbit_stream.io.tables import Tables
@@ -48,6 +48,7 @@ from fitbit_stream.schemas import (
 )
 from fitbit_stream.transforms.dates import week_part
 from fitbit_stream.transforms.workouts import format_duration
+from support.world import world_config
 
 BASE = datetime(2025, 3, 3, 10, 0)
 LOAD = datetime(2025, 3, 3, 18, 0)
@@ -329,24 +330,6 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("properties")
 
 
-def _config(root: Path, jars_dir: str) -> Config:
-    (root / "landing").mkdir(parents=True)
-    return load_config(
-        None,
-        [
-            f"storage.root={root / 'lake'}",
-            f"storage.checkpoint_root={root / 'chk'}",
-            f"jars_dir={jars_dir}",
-            "kafka.enabled=false",
-            "landing.enabled=true",
-            f"landing.path={root / 'landing'}",
-            "streaming.shuffle_partitions=1",
-            # every arrival order of the scenarios' events (up to 6 h apart) is within the horizon
-            "rules.lateness_horizon_minutes=1440",
-        ],
-    )
-
-
 def _bronze(spark: SparkSession, recs: Sequence[Rec], load_time: datetime) -> DataFrame:
     rows = [(r.key, r.value, r.topic, r.partition, r.offset, r.time, r.time.date(), None, load_time) for r in recs]
     return spark.createDataFrame(rows, KAFKA_MULTIPLEX_BZ).withColumn("week_part", week_part("date"))
@@ -412,7 +395,8 @@ def test_silver_tables_do_not_depend_on_arrival_order_or_batches(
     batches = arrivals(scenario)
     note(f"batches: {[[(r.topic, r.partition, r.offset, r.value) for r in b] for b in batches]}")
     root = roots / f"example-{len(list(roots.iterdir()))}"
-    config = _config(root, spark_config.jars_dir)
+    # every arrival order of the scenarios' events (up to 6 h apart) is within the horizon
+    config = world_config(root, spark_config.jars_dir, extra=("rules.lateness_horizon_minutes=1440",))
     run_writers(spark, config, batches)
     want = expected([r for b in batches for r in b])
     tables = Tables(config)
