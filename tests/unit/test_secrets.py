@@ -128,5 +128,5 @@ def test_py4j_wire_log_that_echoes_secrets_is_kept_off(spark: SparkSession, capl
         assert not leaks(caplog.text)
     finally:
         spark.conf.unset("fitbit.test.canary")
-        for logger, level in zip(loggers, saved):
+        for logger, level in zip(loggers, saved, strict=True):
             logger.setLevel(level)
