@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from fitbit_stream.bench.backlog import Backlog
+    from fitbit_stream.bench.load import LoadOutcome
     from fitbit_stream.bench.sparkui import SparkUi
     from fitbit_stream.platform.kafka import KafkaBroker
 
@@ -347,6 +348,32 @@ def _state_series(batches: dict[str, list[tuple[float, int, int, int]]]) -> Call
     return state_at
 
 
+def _pipeline_load(
+    spark: SparkSession,
+    config: Config,
+    options: BenchOptions,
+    *,
+    broker: KafkaBroker,
+    seconds: float,
+    show: Callable[[str], None],
+) -> LoadOutcome:
+    """The pipeline under production at ``options.rate`` for ``seconds`` (steady and soak)."""
+    from fitbit_stream.bench.load import run_load
+
+    return run_load(
+        spark,
+        config,
+        broker=broker,
+        system="pipeline",
+        rate=options.rate,
+        seconds=seconds,
+        warmup=options.warmup_seconds,
+        grace=options.grace_seconds,
+        seed=options.seed,
+        show=show,
+    )
+
+
 def _steady(
     spark: SparkSession,
     config: Config,
@@ -357,7 +384,6 @@ def _steady(
     result: BenchResult,
     show: Callable[[str], None],
 ) -> None:
-    from fitbit_stream.bench.load import run_load
     from fitbit_stream.bench.report import SteadyFigures, percentile, state_growth_per_minute
     from fitbit_stream.bench.search import backlog_ends
     from fitbit_stream.bench.sparkui import job_profile, sql_profile
@@ -367,18 +393,7 @@ def _steady(
         f"[bench] steady: {options.rate:g} events/s for {options.steady_seconds:g}s, "
         f"trigger {options.trigger_seconds:g}s"
     )
-    out = run_load(
-        spark,
-        config,
-        broker=broker,
-        system="pipeline",
-        rate=options.rate,
-        seconds=options.steady_seconds,
-        warmup=options.warmup_seconds,
-        grace=options.grace_seconds,
-        seed=options.seed,
-        show=show,
-    )
+    out = _pipeline_load(spark, config, options, broker=broker, seconds=options.steady_seconds, show=show)
     show(
         "[bench] steady: production ended; "
         + (
@@ -625,7 +640,7 @@ def _soak(
     result: BenchResult,
     show: Callable[[str], None],
 ) -> None:
-    from fitbit_stream.bench.load import delta_files, run_load
+    from fitbit_stream.bench.load import delta_files
     from fitbit_stream.bench.report import SoakFigures
     from fitbit_stream.bench.search import backlog_ends, soak_windows, window_p95
     from fitbit_stream.bench.steady import BIN_MS, measure
@@ -641,18 +656,7 @@ def _soak(
         trigger_seconds=options.trigger_seconds,
     )
     show(f"[bench] soak: {options.rate:g} events/s for {options.soak_seconds:g}s")
-    out = run_load(
-        spark,
-        config,
-        broker=broker,
-        system="pipeline",
-        rate=options.rate,
-        seconds=options.soak_seconds,
-        warmup=options.warmup_seconds,
-        grace=options.grace_seconds,
-        seed=options.seed,
-        show=show,
-    )
+    out = _pipeline_load(spark, config, options, broker=broker, seconds=options.soak_seconds, show=show)
     result.notes += [f"soak: {note}" for note in out.notes]
     first, last = soak_windows(
         out.started, out.ended, warmup=options.warmup_seconds, window=options.soak_window_seconds
