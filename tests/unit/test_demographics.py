@@ -240,9 +240,7 @@ def test_as_of_profile_picks_the_one_version_in_effect(spark: SparkSession) -> N
         ],
         AS_OF,
     )
-    assert_df_equality(
-        actual, expected, ignore_row_order=True, ignore_nullable=True, ignore_column_order=True
-    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True, ignore_column_order=True)
 
 
 def test_as_of_profile_refuses_to_shadow_event_columns(spark: SparkSession) -> None:

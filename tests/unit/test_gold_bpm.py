@@ -16,9 +16,7 @@ def ts(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def _version(
-    user_id: int, dob: date | None, city: str, valid_from: str, valid_to: str | None
-) -> tuple[object, ...]:
+def _version(user_id: int, dob: date | None, city: str, valid_from: str, valid_to: str | None) -> tuple[object, ...]:
     return (
         user_id,
         dob,
@@ -90,9 +88,7 @@ EXPECTED = [
 ]
 
 
-def test_workout_bpm_summary_whole_tables(
-    spark: SparkSession, tables: tuple[DataFrame, DataFrame, DataFrame]
-) -> None:
+def test_workout_bpm_summary_whole_tables(spark: SparkSession, tables: tuple[DataFrame, DataFrame, DataFrame]) -> None:
     completed, readings, history = tables
     actual = workout_bpm_summary(completed, readings, history)
     expected = spark.createDataFrame(EXPECTED, WORKOUT_BPM_SUMMARY)

@@ -202,9 +202,7 @@ OCCUPANCY_EXPECTED = [
 def test_gym_occupancy(spark: SparkSession) -> None:
     actual = gym_occupancy(_logs(spark, OCCUPANCY_LOGS))
     expected = spark.createDataFrame(OCCUPANCY_EXPECTED, GYM_OCCUPANCY)
-    assert_df_equality(
-        actual, expected, ignore_row_order=True, ignore_nullable=True, ignore_column_order=True
-    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True, ignore_column_order=True)
 
 
 def test_affected_hours_and_partial_recompute(spark: SparkSession) -> None:
@@ -221,12 +219,8 @@ def test_affected_hours_and_partial_recompute(spark: SparkSession) -> None:
     )
     keys = affected_hours(changed)
     hour = {h: ts(f"2024-03-01 {h}:00") for h in (10, 11, 12)}
-    expected_keys = spark.createDataFrame(
-        [(1, hour[10]), (1, hour[11]), (1, hour[12])], "gym BIGINT, hour TIMESTAMP"
-    )
-    assert_df_equality(
-        keys, expected_keys, ignore_row_order=True, ignore_nullable=True, ignore_column_order=True
-    )
+    expected_keys = spark.createDataFrame([(1, hour[10]), (1, hour[11]), (1, hour[12])], "gym BIGINT, hour TIMESTAMP")
+    assert_df_equality(keys, expected_keys, ignore_row_order=True, ignore_nullable=True, ignore_column_order=True)
 
     corrected = logs.where(f"NOT (mac_address <=> '{CC}' AND gym = 1)").unionByName(
         _logs(spark, [(CC, 1, "2024-03-01 10:15:00", "2024-03-01 12:30:00")])
@@ -240,9 +234,7 @@ def test_affected_hours_and_partial_recompute(spark: SparkSession) -> None:
         ],
         GYM_OCCUPANCY,
     )
-    assert_df_equality(
-        actual, expected, ignore_row_order=True, ignore_nullable=True, ignore_column_order=True
-    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True, ignore_column_order=True)
 
     # an hour nobody is present in any more has no row: the writer deletes that key
     gone = gym_occupancy(
@@ -259,9 +251,7 @@ def test_gym_occupancy_matches_minute_by_minute_reference(spark: SparkSession) -
     for i in range(60):
         login = base + timedelta(seconds=rng.randrange(0, 6 * 3600), microseconds=rng.choice([0, 0, 250_000]))
         logout = login + timedelta(seconds=rng.randrange(0, 3 * 3600), microseconds=rng.choice([0, 1]))
-        rows.append(
-            (f"mac-{rng.randrange(12)}", rng.randrange(1, 4), login, logout + timedelta(microseconds=i))
-        )
+        rows.append((f"mac-{rng.randrange(12)}", rng.randrange(1, 4), login, logout + timedelta(microseconds=i)))
 
     present: dict[tuple[int, datetime], list[tuple[datetime, str]]] = defaultdict(list)
     for mac, gym, login, logout in rows:
@@ -276,9 +266,7 @@ def test_gym_occupancy_matches_minute_by_minute_reference(spark: SparkSession) -
         per_minute: dict[datetime, int] = defaultdict(int)
         for m, _ in hits:
             per_minute[m] += 1
-        expected_rows.append(
-            (gym, hour, len({mac for _, mac in hits}), len(hits) / 60, max(per_minute.values()))
-        )
+        expected_rows.append((gym, hour, len({mac for _, mac in hits}), len(hits) / 60, max(per_minute.values())))
 
     actual = gym_occupancy(spark.createDataFrame(rows, GYM_LOGS))
     assert_df_equality(
