@@ -121,24 +121,32 @@ def log4j2_properties(verbosity: Verbosity) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fair_scheduler_xml(pools: Iterable[str]) -> str:
-    """A FAIR scheduler allocation file declaring one pool per name (equal weights, FIFO inside)."""
+#: FAIR scheduler weight of a query's pool, by the job it belongs to: when several have tasks
+#: waiting, the ingest queries (bronze, and silver's topic tables in ``realtime`` mode) get most of
+#: the cores, silver's other queries (``workout_bpm`` included) the next share, gold the least; so a
+#: slow gold MERGE does not hold records back on their way to silver.
+POOL_WEIGHTS: dict[str, int] = {"bronze": 8, "silver": 4, "gold": 1}
+
+
+def fair_scheduler_xml(pools: Iterable[tuple[str, int]]) -> str:
+    """A FAIR scheduler allocation file declaring one pool per (name, weight), FIFO inside."""
     body = "".join(
         f"  <pool name={quoteattr(name)}>\n"
         "    <schedulingMode>FIFO</schedulingMode>\n"
-        "    <weight>1</weight>\n"
+        f"    <weight>{int(weight)}</weight>\n"
         "    <minShare>0</minShare>\n"
         "  </pool>\n"
-        for name in sorted(set(pools))
+        for name, weight in sorted(dict(pools).items())
     )
     return f'<?xml version="1.0"?>\n<allocations>\n{body}</allocations>\n'
 
 
-def _pools() -> list[str]:
-    """Every query's pool: ``queries.scheduler_pool`` runs a query's jobs in the pool named after it."""
+def _pools() -> list[tuple[str, int]]:
+    """Every query's pool and weight: ``queries.scheduler_pool`` runs a query's jobs in the pool
+    named after it."""
     from fitbit_stream.topology import ALL_QUERIES
 
-    return [spec.name for spec in ALL_QUERIES]
+    return [(spec.name, POOL_WEIGHTS[spec.job]) for spec in ALL_QUERIES]
 
 
 def _support_file(name: str, suffix: str, text: str) -> Path:
@@ -224,6 +232,11 @@ def _local_conf(config: Config) -> dict[str, str]:
         # Streaming queries turn adaptive execution off anyway (with a warning each); the batch steps
         # are small enough that it gains nothing there either.
         "spark.sql.adaptive.enabled": "false",
+        # A micro-batch of tens of thousands of rows spends more compiling whole-stage code (new
+        # classes for each plan whose literals differ, batch after batch, then JIT-compiled) than
+        # running it: at 2,000 events/s without it, gold's p99 fell from 105-128 s to 85 s and the
+        # catch-up from 42-56 s to 35 s (bench/NOTES.md, session 7). spark_conf can turn it back on.
+        "spark.sql.codegen.wholeStage": "false",
         # Delta replays its log with 50 tasks by default: far too many for one machine's tables.
         "spark.databricks.delta.snapshotPartitions": "2",
         "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
