@@ -121,32 +121,24 @@ def log4j2_properties(verbosity: Verbosity) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: FAIR scheduler weight of a query's pool, by the job it belongs to: when several have tasks
-#: waiting, the ingest queries (bronze, and silver's topic tables in ``realtime`` mode) get most of
-#: the cores, silver's other queries (``workout_bpm`` included) the next share, gold the least; so a
-#: slow gold MERGE does not hold records back on their way to silver.
-POOL_WEIGHTS: dict[str, int] = {"bronze": 8, "silver": 4, "gold": 1}
-
-
-def fair_scheduler_xml(pools: Iterable[tuple[str, int]]) -> str:
-    """A FAIR scheduler allocation file declaring one pool per (name, weight), FIFO inside."""
+def fair_scheduler_xml(pools: Iterable[str]) -> str:
+    """A FAIR scheduler allocation file declaring one pool per name (equal weights, FIFO inside)."""
     body = "".join(
         f"  <pool name={quoteattr(name)}>\n"
         "    <schedulingMode>FIFO</schedulingMode>\n"
-        f"    <weight>{int(weight)}</weight>\n"
+        "    <weight>1</weight>\n"
         "    <minShare>0</minShare>\n"
         "  </pool>\n"
-        for name, weight in sorted(dict(pools).items())
+        for name in sorted(set(pools))
     )
     return f'<?xml version="1.0"?>\n<allocations>\n{body}</allocations>\n'
 
 
-def _pools() -> list[tuple[str, int]]:
-    """Every query's pool and weight: ``queries.scheduler_pool`` runs a query's jobs in the pool
-    named after it."""
+def _pools() -> list[str]:
+    """Every query's pool: ``queries.scheduler_pool`` runs a query's jobs in the pool named after it."""
     from fitbit_stream.topology import ALL_QUERIES
 
-    return [(spec.name, POOL_WEIGHTS[spec.job]) for spec in ALL_QUERIES]
+    return [spec.name for spec in ALL_QUERIES]
 
 
 def _support_file(name: str, suffix: str, text: str) -> Path:

@@ -62,3 +62,26 @@ def test_find_gaps_names_the_offsets_kafka_no_longer_holds() -> None:
     assert find_gaps(position, earliest) == [KafkaGap("bpm", 0, 10, 14)]
     assert str(KafkaGap("bpm", 0, 10, 14)) == "topic 'bpm' partition 0: offsets 10..14"
     assert find_gaps(position, {}) == []
+
+
+def test_entries_a_killed_run_began_and_never_finished_are_cleared_and_nothing_else(tmp_path: Path) -> None:
+    location = tmp_path / "derived_gym_summary"
+    _write(location / "metadata", '{"id":"5f0c"}')
+    # killed while writing its first offset entry: Spark 4 would refuse this query on restart
+    began = location / "offsets" / ".0.f5286af1-d58e-4f76-83a1-5b332038c775.tmp"
+    began_crc = location / "offsets" / "..0.f5286af1-d58e-4f76-83a1-5b332038c775.tmp.crc"
+    _write(began, 'v1\n{"batchWatermarkMs":0}\n')
+    _write(began_crc, "")
+    _write(location / "commits" / "3", "v1\n{}")
+    _write(location / "commits" / ".3.crc", "")
+    _write(location / "commits" / ".4.0b1c2d3e-0000-4000-8000-000000000000.tmp", "v1\n")
+    removed = guard.clear_unfinished_writes(str(location))
+    assert sorted(p.name for p in removed) == [
+        "..0.f5286af1-d58e-4f76-83a1-5b332038c775.tmp.crc",
+        ".0.f5286af1-d58e-4f76-83a1-5b332038c775.tmp",
+        ".4.0b1c2d3e-0000-4000-8000-000000000000.tmp",
+    ]
+    assert sorted(p.name for p in (location / "offsets").iterdir()) == []
+    assert sorted(p.name for p in (location / "commits").iterdir()) == [".3.crc", "3"]
+    assert guard.clear_unfinished_writes(str(tmp_path / "none")) == []
+    assert guard.clear_unfinished_writes("abfss://c@a.dfs.core.windows.net/chk/q") == []

@@ -73,39 +73,3 @@ def test_rows_are_folded_so_the_table_stays_small_and_replays_keep_their_thresho
     replay.record(spark, "q", 9, _micros(T0 + timedelta(seconds=9)))
     assert replay.previous_max(spark, "q", 10) == T0 + timedelta(seconds=9)
     assert LateState(tables, spark).previous_max(spark, "q", 10) == T0 + timedelta(seconds=9)
-
-
-def test_an_ingest_batch_records_all_its_topics_in_one_commit_and_none_when_no_maximum_rises(
-    spark: SparkSession, tables: Tables
-) -> None:
-    state = LateState(tables, spark)
-    log = Path(str(state.ref.path)) / "_delta_log"
-
-    def commits() -> int:
-        return len(list(log.glob("*.json")))
-
-    before = commits()
-    state.record_many(spark, [("k/bpm", 0, _micros(T0)), ("k/workout", 0, _micros(T0 - timedelta(minutes=5)))])
-    assert commits() == before + 1
-    # batch 1: bpm's maximum falls, workout accepted nothing: no commit at all
-    state.record_many(spark, [("k/bpm", 1, _micros(T0 - timedelta(hours=1))), ("k/workout", 1, None)])
-    assert commits() == before + 1
-    # batch 2: only workout rises: one commit with its row
-    state.record_many(spark, [("k/bpm", 2, _micros(T0)), ("k/workout", 2, _micros(T0 + timedelta(seconds=1)))])
-    assert commits() == before + 2
-    # a restarted query replays batch 2 (rows committed): same thresholds, nothing written
-    again = LateState(tables, spark)
-    assert again.previous_max(spark, "k/bpm", 2) == T0
-    assert again.previous_max(spark, "k/workout", 2) == T0 - timedelta(minutes=5)
-    again.record_many(spark, [("k/bpm", 2, _micros(T0)), ("k/workout", 2, _micros(T0 + timedelta(seconds=1)))])
-    assert commits() == before + 2
-    assert again.previous_max(spark, "k/workout", 3) == T0 + timedelta(seconds=1)
-    expected = spark.createDataFrame(
-        [
-            ("k/bpm", 0, T0.replace(tzinfo=None)),
-            ("k/workout", 0, (T0 - timedelta(minutes=5)).replace(tzinfo=None)),
-            ("k/workout", 2, (T0 + timedelta(seconds=1)).replace(tzinfo=None)),
-        ],
-        EVENT_TIME_STATE,
-    )
-    assert_df_equality(tables.read(spark, state.ref), expected, ignore_row_order=True, ignore_nullable=True)

@@ -11,6 +11,7 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 
 from fitbit_stream.config import Config
+from fitbit_stream.io.merge import insert_if_absent
 from fitbit_stream.io.silver import TopicWriter
 from fitbit_stream.io.tables import Tables
 from fitbit_stream.schemas import KAFKA_MULTIPLEX_BZ
@@ -102,3 +103,28 @@ def test_sessions_pair_across_batches_first_ingested_wins_and_replays_change_not
     assert _rows(spark, world, "completed_workouts", "*") == completed
     assert _rows(spark, world, "workouts", *event_columns) == events
     assert _rows(spark, world, "quarantine", *quarantine_columns) == invalid
+
+
+def test_a_session_is_never_committed_before_its_events_and_a_failed_batch_frees_the_pairing(
+    spark: SparkSession, world: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = Batches(spark).of(
+        [workout(1, 5, 1, at(10), "start"), workout(1, 5, 1, at(10, 30), "stop")], load_time=at(12)
+    )
+    real = insert_if_absent
+
+    def failing(spark: SparkSession, tables: Tables, ref: object, *args: object, **kwargs: object) -> None:
+        if str(ref).endswith("/_workout_events"):
+            raise RuntimeError("the events MERGE fails")
+        real(spark, tables, ref, *args, **kwargs)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patch:
+        patch.setattr("fitbit_stream.io.silver.insert_if_absent", failing)
+        with pytest.raises(RuntimeError, match="the events MERGE fails"):
+            TopicWriter(spark, world, "workout", "q/workout")(batch, 0)
+    assert _rows(spark, world, "completed_workouts", "*") == []
+    assert _rows(spark, world, "_workout_events", "action") == []
+    # the replay (same process: the pairing lock was released by the failed batch) completes it
+    TopicWriter(spark, world, "workout", "q/workout")(batch, 0)
+    assert _rows(spark, world, "completed_workouts", "*") == [(1, 5, 1, at(10), at(10, 30))]
+    assert _rows(spark, world, "_workout_events", "action") == [("start",), ("stop",)]

@@ -34,7 +34,6 @@ from pyspark.sql import functions as F
 
 from fitbit_stream.errors import PipelineError
 from fitbit_stream.io.merge import with_conflict_retry
-from fitbit_stream.io.parallel import run_side_by_side
 from fitbit_stream.io.tables import create_if_absent, delta_table, read_table, table_exists
 from fitbit_stream.transforms.cdc import (
     DELETED,
@@ -167,10 +166,8 @@ class CdcMergeEngine:
             # source more than once): read it once, from one snapshot of the log.
             log = self._touched_log(spark, keys).persist()
             try:
-                # Two tables, each MERGE'd from the same persisted log: side by side.
-                run_side_by_side(
-                    spark, [lambda: self._merge_history(spark, log), lambda: self._merge_profile(spark, log)]
-                )
+                self._merge_history(spark, log)
+                self._merge_profile(spark, log)
             finally:
                 log.unpersist()
 

@@ -2,8 +2,7 @@
 
 Each derived table is maintained by ONE streaming query over the Delta change feeds of all its
 inputs. A micro-batch turns the changes into the keys they affect, recomputes those keys from the
-inputs' current state with the pure transforms, and replaces them atomically (a batch that affects
-no key commits nothing). Because one query
+inputs' current state with the pure transforms, and replaces them atomically. Because one query
 sees every input in sequence, a reading and its session (or a profile change and the workouts it
 describes) are always joined by whichever batch comes second, whatever their arrival order: no row
 waits for a later event, and a late reading or a profile change corrects the rows it affects.
@@ -128,8 +127,6 @@ def _workout_bpm_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
         by_user = completed.join(_from(batch, "users", "user_id"), ["user_id"], "left_semi").select(*SESSION_KEY)
         scopes = by_reading.unionByName(by_session).unionByName(by_user).distinct().persist()
         try:
-            if scopes.isEmpty():  # readings outside every completed session: nothing to replace
-                return
             sessions = completed.join(scopes, list(SESSION_KEY), "left_semi")
             # A session's rows lie within its bounds (never changed: completed_workouts is
             # insert-only), so readings and target are read only there: O(batch), not O(table).
@@ -171,8 +168,6 @@ def _workout_bpm_summary_writer(tables: Tables) -> Callable[[DataFrame, int], No
             .persist()
         )
         try:
-            if scopes.isEmpty():
-                return
             users = scopes.select("user_id").distinct()
             sessions = completed.join(scopes, list(SESSION_KEY), "left_semi")
             bounds = _session_bounds(sessions)
@@ -208,8 +203,6 @@ def _gym_summary_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
             .persist()
         )
         try:
-            if macs.isEmpty():
-                return
             rows = gym_summary(visits.join(macs, ["mac_address"], "left_semi"), users, completed)
             replace_scopes(spark, tables, target, rows, scopes=macs, scope_keys=["mac_address"], keys=GYM_SUMMARY_KEY)
         finally:
@@ -226,8 +219,6 @@ def _gym_occupancy_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
         changed = batch.filter(F.col("_source") == "gym_logs").select("mac_address", "gym", "login", "logout")
         hours = affected_hours(changed).persist()
         try:
-            if hours.isEmpty():
-                return
             visits = tables.read(spark, tables.ref("gym_logs"))
             rows = gym_occupancy(visits, hours=hours)
             replace_scopes(spark, tables, target, rows, scopes=hours, scope_keys=OCCUPANCY_KEY, keys=OCCUPANCY_KEY)

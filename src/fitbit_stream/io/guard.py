@@ -64,6 +64,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import Collection, Iterator, Mapping
@@ -186,6 +187,34 @@ def read_checkpoint(spark: SparkSession, location: str) -> CheckpointInfo:
     )
 
 
+#: A log entry Spark began and never renamed into place: ``.<batch>.<uuid>.tmp`` and its ``.crc``.
+_UNFINISHED = re.compile(r"^\.\.?\d+\.[0-9a-f-]+\.tmp(\.crc)?$")
+
+
+def clear_unfinished_writes(location: str) -> list[Path]:
+    """Delete the log entries Spark began and never finished in a local checkpoint; return them.
+
+    Spark writes each offset and commit entry to a hidden temporary file and renames it into place.
+    A process killed between the two leaves the temporary file behind, and a query whose offset log
+    holds no batch yet then refuses to start (Spark 4: "STATE_STORE_CHECKPOINT_LOCATION_NOT_EMPTY"),
+    although nothing in the file was ever part of the checkpoint. Call it only while holding the
+    checkpoint root's lock (no other writer can be mid-rename).
+    """
+    if not is_local(location):
+        return []
+    removed: list[Path] = []
+    for log_dir in ("offsets", "commits"):
+        try:
+            entries = list(Path(location, log_dir).iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if _UNFINISHED.match(entry.name) and entry.is_file():
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+    return removed
+
+
 def source_offsets(location: str, batch_id: int, *, source: int = 0) -> str | None:
     """The end offsets (JSON text) of source ``source`` in batch ``batch_id`` of a local checkpoint.
 
@@ -273,6 +302,9 @@ def check(
     names of the queries that were reset.
     """
     ref, registered = _registry(spark, tables)
+    for name in query_names:
+        for entry in clear_unfinished_writes(tables.checkpoint(name)):
+            log.info("%s: removed %s, a checkpoint entry a killed run began and never finished", name, entry)
     infos = {name: read_checkpoint(spark, tables.checkpoint(name)) for name in query_names}
     outputs_cache: dict[str, bool] = {}
 

@@ -32,7 +32,7 @@ from fitbit_stream.errors import PipelineError
 from fitbit_stream.io.guard import checkpoint_id
 from fitbit_stream.io.live import LATENCY
 from fitbit_stream.io.parallel import run_side_by_side
-from fitbit_stream.io.silver import LateState, PlannedBatch, TopicWriter
+from fitbit_stream.io.silver import TopicWriter
 from fitbit_stream.io.tables import TableRef, Tables
 from fitbit_stream.topology import KINDS, queries
 from fitbit_stream.transforms.parse import PayloadKind
@@ -113,38 +113,20 @@ class SilverTopics:
     def __init__(self, spark: SparkSession, config: Config, query: str) -> None:
         topics = config.kafka.topics
         self.kind_of: dict[str, PayloadKind] = {getattr(topics, kind): kind for kind in KINDS}
-        late = LateState(Tables(config), spark)
-        self.late = late
-        self.writers = {kind: TopicWriter(spark, config, kind, state_key(query, kind), late=late) for kind in KINDS}
+        self.writers = {kind: TopicWriter(spark, config, kind, state_key(query, kind)) for kind in KINDS}
 
     def __call__(self, rows: DataFrame, batch_id: int, *, present: set[str]) -> None:
-        """Write the topics in ``present`` (topic names) of ``rows``.
+        """Write the topics in ``present`` (topic names) of ``rows``, side by side.
 
-        Two steps, each side by side: every topic parses and checks its records (one persisted pass
-        each); then every write of every topic, and one late-state commit for all of them. The
-        quarantine, which the topics share, retries Delta's concurrent-commit conflicts. A failure
-        is raised once every step of its round has ended.
+        Each topic writes its own tables; the quarantine, which they share, retries Delta's
+        concurrent-commit conflicts. A topic's failure is raised once every topic has ended.
         """
-        spark = rows.sparkSession
-        kinds = [kind for topic, kind in self.kind_of.items() if topic in present]
-        planned: dict[PayloadKind, PlannedBatch] = {}
-
-        def plan(kind: PayloadKind) -> None:
-            mine = rows.filter(F.col("topic") == self.topic_of(kind))
-            planned[kind] = self.writers[kind].plan(mine, batch_id)
-
-        try:
-            run_side_by_side(spark, [lambda kind=kind: plan(kind) for kind in kinds])  # type: ignore[misc]
-            entries = [(self.writers[kind].query_name, batch_id, p.max_micros) for kind, p in planned.items()]
-            writes = [write for p in planned.values() for write in p.writes]
-            # Keyed by batch id: recorded beside the writes, a replay of the batch reads the same threshold.
-            run_side_by_side(spark, [*writes, lambda: self.late.record_many(spark, entries)])
-        finally:
-            for p in planned.values():
-                p.release()
-
-    def topic_of(self, kind: PayloadKind) -> str:
-        return next(topic for topic, k in self.kind_of.items() if k == kind)
+        work: list[Callable[[], None]] = []
+        for topic, kind in self.kind_of.items():
+            if topic in present:
+                mine = rows.filter(F.col("topic") == topic)
+                work.append(lambda mine=mine, kind=kind: self.writers[kind](mine, batch_id))  # type: ignore[misc]
+        run_side_by_side(rows.sparkSession, work)
 
 
 class IngestWriter:

@@ -14,9 +14,8 @@ folded into one: the table holds a few rows per query, however long the query ru
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -44,7 +43,6 @@ from fitbit_stream.transforms.quality import (
 from fitbit_stream.transforms.workouts import (
     EVENT_KEY,
     SESSION_KEY,
-    SessionStatus,
     classify_sessions,
     completed_sessions,
     first_ingested_events,
@@ -59,7 +57,6 @@ __all__ = [
     "QUARANTINE_KEY",
     "WORKOUT_EVENTS",
     "LateState",
-    "PlannedBatch",
     "RegistrationsWriter",
     "SilverRules",
     "TopicWriter",
@@ -167,39 +164,22 @@ class LateState:
 
         Idempotent: a replayed batch (its row already there) writes nothing.
         """
-        self.record_many(spark, [(query, batch_id, maximum)])
-
-    def record_many(self, spark: SparkSession, entries: list[tuple[str, int, int | None]]) -> None:
-        """:meth:`record` for several queries (one ingest batch's topics) in one append.
-
-        Each entry is (query, batch id, maximum); at most one entry per query. The rows that raise a
-        maximum go to the table in one commit (none when no maximum rises); a query due for folding
-        folds in a commit of its own.
-        """
-        appended: list[tuple[str, int, int]] = []
-        following: dict[str, tuple[int, int | None, int]] = {}
-        for query, batch_id, maximum in entries:
-            known = self._state(spark, query, batch_id)
-            below, rows = known.below, known.rows
-            if known.recorded:
-                after = known.through
-            elif maximum is None or (below is not None and maximum <= below):
-                after = below
+        known = self._state(spark, query, batch_id)
+        below, rows = known.below, known.rows
+        if known.recorded:
+            following = known.through
+        elif maximum is None or (below is not None and maximum <= below):
+            following = below
+        else:
+            following = maximum
+            state = [(query, batch_id, maximum)]
+            if below is not None and rows + 1 > self.FOLD_AFTER:
+                self._replace(spark, query, batch_id, [(query, batch_id - 1, below), *state])
+                rows = 2
             else:
-                after = maximum
-                state = (query, batch_id, maximum)
-                if below is not None and rows + 1 > self.FOLD_AFTER:
-                    self._replace(spark, query, batch_id, [(query, batch_id - 1, below), state])
-                    rows = 2
-                else:
-                    appended.append(state)
-                    rows += 1
-            following[query] = (batch_id + 1, after, rows)
-        if appended:
-            self._tables.append(self._rows(spark, appended), self.ref)
-        # Only once the rows are in the table: a failed append leaves the next call to read it again.
-        for query, (next_batch, after, rows) in following.items():
-            self._known[query] = _Known(next_batch, after, after, False, rows)
+                self._tables.append(self._rows(spark, state), self.ref)
+                rows += 1
+        self._known[query] = _Known(batch_id + 1, following, following, False, rows)
 
     def _rows(self, spark: SparkSession, rows: list[tuple[str, int, int]]) -> DataFrame:
         # Built from unix micros in Spark: no round trip through the Python process's time zone.
@@ -246,15 +226,12 @@ class SilverRules:
 class TopicWriter:
     """``foreachBatch`` function of one topic's silver query."""
 
-    def __init__(
-        self, spark: SparkSession, config: Config, kind: PayloadKind, query_name: str, *, late: LateState | None = None
-    ) -> None:
+    def __init__(self, spark: SparkSession, config: Config, kind: PayloadKind, query_name: str) -> None:
         self.kind = kind
         self.query_name = query_name
         self.tables = Tables(config)
         self.rules = SilverRules.of(config)
-        #: the late rule's state (an ingest query shares one among its topics)
-        self.late = LateState(self.tables, spark) if late is None else late
+        self.late = LateState(self.tables, spark)
         self.quarantine = self.tables.ensure(spark, "quarantine")
         if kind == "bpm":
             self.heart_rate = self.tables.ensure(spark, "heart_rate")
@@ -273,24 +250,6 @@ class TopicWriter:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         spark = batch.sparkSession
-        planned = self.plan(batch, batch_id)
-        try:
-            # The late state is keyed by batch id, so recording it beside the other writes (rather
-            # than after them) leaves a replay of this batch the same threshold.
-            record = [lambda: self.late.record_many(spark, [(self.query_name, batch_id, planned.max_micros)])]
-            run_side_by_side(spark, [*planned.writes, *record])
-        finally:
-            planned.release()
-
-    def plan(self, batch: DataFrame, batch_id: int) -> PlannedBatch:
-        """Parse and check ``batch`` (one pass, persisted) and return the writes it needs.
-
-        The writes go to different tables and do not depend on each other: the caller runs them side
-        by side, then records :attr:`PlannedBatch.max_micros` in the late state under
-        :attr:`query_name` (an ingest query records all its topics in one commit) and calls
-        :meth:`PlannedBatch.release`.
-        """
-        spark = batch.sparkSession
         threshold = late_threshold(self.late.previous_max(spark, self.query_name, batch_id), horizon=self.rules.horizon)
         checked = (
             parse_payload(batch, kind=self.kind)
@@ -298,12 +257,14 @@ class TopicWriter:
             .transform(with_late_flag, threshold=threshold)
             .persist()
         )
-        release: list[Callable[[], object]] = [checked.unpersist]
         try:
             # One pass over the persisted batch (the first action: it also fills the cache) says
             # which writes have anything to do. Never an action on ``batch`` itself: each would read
             # the source again (and count its rows twice in the query's progress).
             stats = _stats(checked)
+            # The batch's writes go to different tables and do not depend on each other: side by
+            # side. The late state is keyed by batch id, so recording it beside the other writes
+            # (rather than after them) leaves a replay of this batch the same threshold.
             writes: list[Callable[[], None]] = []
             if stats.rejected:
                 bad = to_quarantine(rejected(checked), quarantined_at=F.current_timestamp())
@@ -329,89 +290,53 @@ class TopicWriter:
                         )
                     )
                 elif self.kind == "workout":
-                    writes.extend(self._workouts(spark, good, F.current_timestamp(), release))
+                    writes.append(lambda: self._workouts(spark, good, F.current_timestamp()))
                 else:
                     writes.append(lambda: self.cdc.apply(good, batch_id))
-        except BaseException:
-            _release(release)
-            raise
-        return PlannedBatch(writes=writes, max_micros=stats.max_micros, _release=release)
+            writes.append(lambda: self.late.record(spark, self.query_name, batch_id, stats.max_micros))
+            run_side_by_side(spark, writes)
+        finally:
+            checked.unpersist()
 
-    def _workouts(
-        self, spark: SparkSession, good: DataFrame, quarantined_at: Column, release: list[Callable[[], object]]
-    ) -> list[Callable[[], None]]:
-        """The workout topic's writes: its events (first ingested wins) into ``_workout_events`` and
-        ``workouts``, and the sessions they complete or break, paired from the stored events.
-
-        The sessions are paired before the events are written, from the stored events of the
-        sessions the batch touches plus the batch's events whose key is not stored yet: exactly
-        what the stored events will be once the batch's insert-if-absent MERGEs commit, so all four
-        writes run side by side. A lock held from that read to the last write keeps two ingest
-        queries of this process (Kafka and landing) from pairing the same session from each other's
-        stale reads; one process is the only writer (the checkpoint root's lock).
-        """
+    def _workouts(self, spark: SparkSession, good: DataFrame, quarantined_at: Column) -> None:
         # first_ingested_events leaves one row per event key (the first ingested of this batch)
         events = first_ingested_events(good).select(*WORKOUT_EVENTS.fieldNames()).persist()
-        release.append(events.unpersist)
-        lock = _pairing_lock(str(self.events))
-        lock.acquire()
-        release.append(lock.release)
-        touched = events.select(*SESSION_KEY).distinct()
-        stored = self.tables.read(spark, self.events).join(touched, list(SESSION_KEY), "left_semi")
-        unseen = events.join(stored.select(*EVENT_KEY), list(EVENT_KEY), "left_anti")
-        classified = classify_sessions(stored.unionByName(unseen), max_duration=self.rules.max_session).persist()
-        release.append(classified.unpersist)
-        # One pass over the persisted sessions: a MERGE with nothing to insert still costs a commit.
-        counts = classified.agg(
-            F.count(F.when(F.col("status") == SessionStatus.COMPLETED, F.lit(1))).alias("completed"),
-            F.count(F.when(F.col("status") == SessionStatus.INVALID, F.lit(1))).alias("invalid"),
-        ).first()
-        writes: list[Callable[[], None]] = [
-            lambda: insert_if_absent(spark, self.tables, self.events, events, keys=EVENT_KEY, unique=True),
-            lambda: insert_if_absent(
-                spark, self.tables, self.workouts, events.select(*WORKOUTS.fieldNames()), keys=EVENT_KEY, unique=True
-            ),
-        ]
-        if counts is not None and counts["completed"]:
-            completed = completed_sessions(classified)
-            writes.append(
-                lambda: insert_if_absent(spark, self.tables, self.completed, completed, keys=SESSION_KEY, unique=True)
+        classified: DataFrame | None = None
+        try:
+            run_side_by_side(
+                spark,
+                [
+                    lambda: insert_if_absent(spark, self.tables, self.events, events, keys=EVENT_KEY, unique=True),
+                    lambda: insert_if_absent(
+                        spark,
+                        self.tables,
+                        self.workouts,
+                        events.select(*WORKOUTS.fieldNames()),
+                        keys=EVENT_KEY,
+                        unique=True,
+                    ),
+                ],
             )
-        if counts is not None and counts["invalid"]:
+            # Pair from the stored events (first ingested ever), not from this batch alone: the
+            # other event of a session may have arrived in any earlier batch.
+            touched = events.select(*SESSION_KEY).distinct()
+            stored = self.tables.read(spark, self.events).join(touched, list(SESSION_KEY), "left_semi")
+            classified = classify_sessions(stored, max_duration=self.rules.max_session).persist()
+            # Checked on the persisted sessions: a MERGE with nothing to insert still costs a commit.
+            completed = completed_sessions(classified)
             invalid = invalid_sessions(classified, quarantined_at=quarantined_at)
-            writes.append(lambda: insert_if_absent(spark, self.tables, self.quarantine, invalid, keys=QUARANTINE_KEY))
-        return writes
-
-
-_PAIRING_LOCKS: dict[str, threading.Lock] = {}
-_PAIRING_LOCKS_GUARD = threading.Lock()
-
-
-def _pairing_lock(table: str) -> threading.Lock:
-    """The lock that serialises the workout writes of one ``_workout_events`` table in this process."""
-    with _PAIRING_LOCKS_GUARD:
-        return _PAIRING_LOCKS.setdefault(table, threading.Lock())
-
-
-def _release(steps: list[Callable[[], object]]) -> None:
-    """Run ``steps`` last first (a lock is released after the frames read under it), each once."""
-    while steps:
-        steps.pop()()
-
-
-@dataclass
-class PlannedBatch:
-    """What :meth:`TopicWriter.plan` made of one topic's micro-batch."""
-
-    #: the batch's writes (independent: to be run side by side)
-    writes: list[Callable[[], None]]
-    #: greatest accepted event time (unix micros), None when nothing was accepted: the late state's entry
-    max_micros: int | None
-    _release: list[Callable[[], object]] = field(default_factory=list)
-
-    def release(self) -> None:
-        """Unpersist what the writes read and release the locks they held (call once they ended)."""
-        _release(self._release)
+            writes: list[Callable[[], None]] = []
+            if not completed.isEmpty():
+                writes.append(lambda: insert_if_absent(spark, self.tables, self.completed, completed, keys=SESSION_KEY))
+            if not invalid.isEmpty():
+                writes.append(
+                    lambda: insert_if_absent(spark, self.tables, self.quarantine, invalid, keys=QUARANTINE_KEY)
+                )
+            run_side_by_side(spark, writes)
+        finally:
+            if classified is not None:
+                classified.unpersist()
+            events.unpersist()
 
 
 @dataclass(frozen=True)
