@@ -226,8 +226,8 @@ def _local_conf(config: Config) -> dict[str, str]:
         "spark.sql.adaptive.enabled": "false",
         # A micro-batch of tens of thousands of rows spends more compiling whole-stage code (new
         # classes for each plan whose literals differ, batch after batch, then JIT-compiled) than
-        # running it: at 2,000 events/s without it, gold's p99 fell from 105-128 s to 85 s and the
-        # catch-up from 42-56 s to 35 s (bench/NOTES.md, session 7). spark_conf can turn it back on.
+        # running it: in A/B runs at 2,000 events/s, gold's p99 was 85 s without it against
+        # 105-128 s with it (bench/NOTES.md, session 7). spark_conf can turn it back on.
         "spark.sql.codegen.wholeStage": "false",
         # Delta replays its log with 50 tasks by default: far too many for one machine's tables.
         "spark.databricks.delta.snapshotPartitions": "2",
