@@ -75,7 +75,11 @@ def spark_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
             + "', 'spark.driver.memory': '2g'"
             # Each test makes its own tables: Delta's log cache (10,000 entries by default) would
             # keep every one of them, with its snapshot, for the whole run.
-            + ", 'spark.databricks.delta.delta.log.cacheSize': '100'}",
+            + ", 'spark.databricks.delta.delta.log.cacheSize': '100'"
+            # Tests run thousands of small plans once each: compiling an expression's code costs more
+            # than evaluating it on a few rows (the pipeline's results do not depend on it; whole-
+            # stage code generation is already off in every local session).
+            + ", 'spark.sql.codegen.factoryMode': 'NO_CODEGEN'}",
         ],
     )
 

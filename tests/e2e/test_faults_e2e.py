@@ -113,13 +113,13 @@ STAGES = _stages()
 OWNER = {table: stage for stage, tables, _ in STAGES for table in tables}
 #: the last stage that writes heart_rate: a round after it has the first poison records in silver
 LAST_HEART_RATE_STAGE = max(i for i, (_, tables, _) in enumerate(STAGES) if "silver/heart_rate" in tables)
-# The subprocess pipelines: C1 only and no whole-stage code generation cost a quarter less CPU on
+# The subprocess pipelines: C1 only and no code generation cost a quarter less CPU on
 # data this small (and the results must not depend on it). C1 alone shrinks the JVM's default code
 # cache from 240 MB to 48 MB, which a whole drain's generated code outgrows ("Out of space in
 # CodeCache"): it gets the usual 240 MB back.
 SUBPROCESS_SPARK_CONF = (
     "spark_conf={'spark.default.parallelism': '2', 'spark.driver.memory': '1g', "
-    "'spark.sql.codegen.wholeStage': 'false', "
+    "'spark.sql.codegen.wholeStage': 'false', 'spark.sql.codegen.factoryMode': 'NO_CODEGEN', "
     "'spark.driver.extraJavaOptions': "
     "'-Duser.timezone=UTC -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m -XX:+UseSerialGC'}"
 )
