@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from fitbit_stream.config import Config
 from fitbit_stream.errors import PipelineError
 from fitbit_stream.io.bronze import Trigger, start_kafka_bronze, start_landing_bronze
-from fitbit_stream.io.derived import DERIVED, change_stream
+from fitbit_stream.io.derived import change_stream, derived_writer
 from fitbit_stream.io.silver import RegistrationsWriter, TopicWriter, VisitsWriter
 from fitbit_stream.io.tables import Tables
 from fitbit_stream.topology import QuerySpec
@@ -114,9 +114,7 @@ class QueryFactory:
                 return source, RegistrationsWriter(spark, self.config)
             return source, VisitsWriter(spark, self.config)
         if spec.source == "change_feed":
-            (target,) = spec.writes
-            derived = next(d for d in DERIVED if d.name == target)
-            return change_stream(spark, tables, spec.reads, **options), derived.make_writer(tables)
+            return change_stream(spark, tables, spec.reads, **options), derived_writer(spec.writes).make_writer(tables)
         raise PipelineError(f"query {spec.name!r} ({spec.source}) is a batch step, not a streaming query")
 
     def _foreach_batch(self, name: str, source: DataFrame, writer_fn: BatchWriter, trigger: Trigger) -> StreamingQuery:

@@ -24,6 +24,8 @@ __all__ = [
     "TAIL",
     "TOPIC_QUERIES",
     "TOPIC_WRITES",
+    "WORKOUT_QUERIES_LAYERED",
+    "WORKOUT_QUERIES_REALTIME",
     "JobLayer",
     "Kind",
     "Mode",
@@ -151,27 +153,11 @@ _REST: tuple[QuerySpec, ...] = (
     QuerySpec("silver_users", "silver", "bronze_table", ("registered_users_bz",), ("users",), ("users",)),
     QuerySpec("silver_gym_logs", "silver", "bronze_table", ("gym_logins_bz",), ("gym_logs",), ("gym_logs",)),
     QuerySpec(
-        "derived_workout_bpm",
-        "silver",
-        "change_feed",
-        ("heart_rate", "completed_workouts", "users"),
-        ("workout_bpm",),
-        ("workout_bpm",),
-    ),
-    QuerySpec(
         TAIL,
         "silver",
         "batch",
         tuple(t for t, _ in DATE_LOOKUP_SOURCES),
         ("user_bins", "date_lookup"),
-    ),
-    QuerySpec(
-        "derived_workout_bpm_summary",
-        "gold",
-        "change_feed",
-        ("completed_workouts", "workout_bpm", "user_profile_history"),
-        ("workout_bpm_summary",),
-        ("workout_bpm_summary",),
     ),
     QuerySpec(
         "derived_gym_summary",
@@ -185,17 +171,53 @@ _REST: tuple[QuerySpec, ...] = (
 )
 
 
+#: ``layered`` mode: ``workout_bpm`` (the silver job's) and its summary (the gold job's) each have a
+#: query, so each layer's job writes only its own tables.
+WORKOUT_QUERIES_LAYERED: tuple[QuerySpec, ...] = (
+    QuerySpec(
+        "derived_workout_bpm",
+        "silver",
+        "change_feed",
+        ("heart_rate", "completed_workouts", "users"),
+        ("workout_bpm",),
+        ("workout_bpm",),
+    ),
+    QuerySpec(
+        "derived_workout_bpm_summary",
+        "gold",
+        "change_feed",
+        ("completed_workouts", "workout_bpm", "user_profile_history"),
+        ("workout_bpm_summary",),
+        ("workout_bpm_summary",),
+    ),
+)
+#: ``realtime`` mode: one query writes ``workout_bpm`` and then its summary from each micro-batch,
+#: so a reading reaches gold one derived batch after silver (the gold job's: in this mode silver's
+#: topic tables are the ingest query's, and the derived tables are gold's).
+WORKOUT_QUERIES_REALTIME: tuple[QuerySpec, ...] = (
+    QuerySpec(
+        "derived_workout_bpm_and_summary",
+        "gold",
+        "change_feed",
+        ("heart_rate", "completed_workouts", "users", "user_profile_history"),
+        ("workout_bpm", "workout_bpm_summary"),
+        ("workout_bpm", "workout_bpm_summary"),
+    ),
+)
+
+
 def queries(mode: Mode = "realtime") -> tuple[QuerySpec, ...]:
     """Every query of the mode, in the order a drain starts them when their inputs allow."""
     ingest = _ingest(mode)
     topics = TOPIC_QUERIES if mode == "layered" else ()
-    return (*ingest, _REST[0], *topics, *_REST[1:])
+    workouts = WORKOUT_QUERIES_LAYERED if mode == "layered" else WORKOUT_QUERIES_REALTIME
+    return (*ingest, _REST[0], *topics, *_REST[1:3], *workouts, *_REST[3:])
 
 
 #: The queries of the default mode.
 QUERIES: tuple[QuerySpec, ...] = queries()
 #: Every query name either mode uses, with its spec (names are checkpoint directories).
-ALL_QUERIES: tuple[QuerySpec, ...] = (*queries("realtime"), *TOPIC_QUERIES)
+ALL_QUERIES: tuple[QuerySpec, ...] = (*queries("realtime"), *TOPIC_QUERIES, *WORKOUT_QUERIES_LAYERED)
 
 
 _BY_NAME = {q.name: q for q in ALL_QUERIES}

@@ -873,7 +873,7 @@ def recovered(spark: SparkSession, env: Env, drained: Drained) -> Recovered:
 
 
 def test_a_replayed_micro_batch_changes_nothing(recovered: Recovered, spark: SparkSession) -> None:
-    assert {KAFKA_BRONZE_QUERY, "derived_gym_summary", "derived_workout_bpm"} <= recovered.replayed.keys()
+    assert {KAFKA_BRONZE_QUERY, "derived_gym_summary", "derived_workout_bpm_and_summary"} <= recovered.replayed.keys()
     checkpoints = Path(recovered.config.storage.checkpoint_root)
     for name, batch in recovered.replayed.items():
         assert batch in batches(checkpoints / name / "commits"), f"{name}: batch {batch} was not replayed"
@@ -882,7 +882,7 @@ def test_a_replayed_micro_batch_changes_nothing(recovered: Recovered, spark: Spa
     # last batch's offsets again; its silver writes insert nothing and the bronze append is skipped
     # by its txnVersion)
     assert rows[KAFKA_BRONZE_QUERY] > 0
-    assert rows["derived_workout_bpm"] > 0
+    assert rows["derived_workout_bpm_and_summary"] > 0
     # every column, load_time and quarantined_at included: nothing was rewritten
     assert_same_tables(snapshot(spark, recovered.config, every_column=True), recovered.before)
 
@@ -897,7 +897,7 @@ def test_a_deleted_or_moved_checkpoint_is_refused_unless_reset(
         ("derived_gym_occupancy", "missing"),
     ):
         assert why in message.split(f"  - {query}: ")[1].splitlines()[0], message
-    assert "derived_workout_bpm:" not in message
+    assert "derived_workout_bpm_and_summary:" not in message
     assert recovered.reset == sorted(REPLACED)
     checkpoints = Path(recovered.config.storage.checkpoint_root)
     assert len(list(checkpoints.glob("silver_gym_logs.reset-*"))) == 1  # moved aside, not deleted

@@ -34,7 +34,7 @@ from pyspark.sql.types import StructType
 
 from fitbit_stream import topology
 from fitbit_stream.config import Config
-from fitbit_stream.io.derived import DERIVED, change_stream
+from fitbit_stream.io.derived import change_stream, derived_writer
 from fitbit_stream.io.silver import TopicWriter
 from fitbit_stream.io.tables import Tables
 from fitbit_stream.schemas import (
@@ -346,7 +346,7 @@ def run_writers(spark: SparkSession, config: Config, batches: Sequence[Sequence[
     tables.append(users, tables.ref("users"))
     writers = {kind: TopicWriter(spark, config, kind, f"silver_{kind}") for kind in ("bpm", "workout")}
     batch_ids = {"bpm": 0, "workout": 0}
-    spec = next(s for s in DERIVED if s.name == "workout_bpm")
+    spec = derived_writer(("workout_bpm",))
     rng = random.Random(len(batches))
     for i, batch in enumerate(batches):
         for kind in rng.sample(["bpm", "workout"], 2):

@@ -32,7 +32,7 @@ from fitbit_stream.transforms.workouts import SESSION_KEY, sessions_near_reading
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
-__all__ = ["DERIVED", "DerivedSpec", "change_stream"]
+__all__ = ["DERIVED", "DerivedSpec", "change_stream", "derived_writer"]
 
 #: The columns every change row is projected to, so that one query can union several feeds.
 _CHANGE_COLUMNS: dict[str, str] = {
@@ -90,9 +90,10 @@ def _within(df: DataFrame, column: str, bounds: tuple[str, str] | None) -> DataF
 
 @dataclass(frozen=True)
 class DerivedSpec:
-    """The writer of one derived table; the query's inputs are declared in ``topology``."""
+    """The writer of the derived tables ``writes`` (in the order it writes them); the query's
+    inputs are declared in ``topology``."""
 
-    name: str
+    writes: tuple[str, ...]
     make_writer: Callable[[Tables], Callable[[DataFrame, int], None]]
 
 
@@ -110,75 +111,114 @@ def _cached(write: Callable[[DataFrame, int], None]) -> Callable[[DataFrame, int
     return run
 
 
-def _workout_bpm_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
-    target = tables.ref("workout_bpm")
+def _write_workout_bpm(tables: Tables, batch: DataFrame) -> DataFrame:
+    """Replace the ``workout_bpm`` rows of every session the batch's changes may affect; return
+    those sessions (``SESSION_KEY``, persisted: the caller unpersists them)."""
+    spark = batch.sparkSession
+    users = tables.read(spark, tables.ref("users"))
+    completed = tables.read(spark, tables.ref("completed_workouts"))
+    heart_rate = tables.read(spark, tables.ref("heart_rate"))
+    readings = batch.filter(F.col("_source") == "heart_rate").select("device_id", "time", "heartrate", "valid")
+    # The sessions the new readings may fall in, by equi-joins over one row per device: a
+    # superset of those holding one, whose extra members recompute to the rows they have (one
+    # band join per batch, the recompute's, instead of a second over the whole table).
+    by_reading = sessions_near_readings(completed, readings, users)
+    by_session = _from(batch, "completed_workouts", *SESSION_KEY)
+    by_user = completed.join(_from(batch, "users", "user_id"), ["user_id"], "left_semi").select(*SESSION_KEY)
+    scopes = by_reading.unionByName(by_session).unionByName(by_user).distinct().persist()
+    try:
+        sessions = completed.join(scopes, list(SESSION_KEY), "left_semi")
+        # A session's rows lie within its bounds (never changed: completed_workouts is
+        # insert-only), so readings and target are read only there: O(batch), not O(table).
+        bounds = _session_bounds(sessions)
+        rows = workout_bpm(sessions, _within(heart_rate, "time", bounds), users)
+        replace_scopes(
+            spark,
+            tables,
+            tables.ref("workout_bpm"),
+            rows,
+            scopes=scopes,
+            scope_keys=SESSION_KEY,
+            keys=(*SESSION_KEY, "time"),
+            prune_on="time",
+            prune_bounds=bounds,
+        )
+    except BaseException:
+        scopes.unpersist()
+        raise
+    return scopes
 
+
+def _write_summary(tables: Tables, scopes: DataFrame) -> None:
+    """Replace the ``workout_bpm_summary`` rows of the sessions in ``scopes`` from the inputs'
+    current state (``workout_bpm`` as committed, the profile history)."""
+    spark = scopes.sparkSession
+    completed = tables.read(spark, tables.ref("completed_workouts"))
+    readings = tables.read(spark, tables.ref("workout_bpm"))
+    history = tables.read(spark, tables.ref("user_profile_history"))
+    users = scopes.select("user_id").distinct()
+    sessions = completed.join(scopes, list(SESSION_KEY), "left_semi")
+    bounds = _session_bounds(sessions)
+    rows = workout_bpm_summary(
+        sessions,
+        _within(readings, "time", bounds).join(scopes, list(SESSION_KEY), "left_semi"),
+        history.join(users, ["user_id"], "left_semi"),
+    )
+    replace_scopes(
+        spark, tables, tables.ref("workout_bpm_summary"), rows, scopes=scopes, scope_keys=SESSION_KEY, keys=SESSION_KEY
+    )
+
+
+def _sessions_of_history_changes(tables: Tables, batch: DataFrame) -> DataFrame:
+    """The sessions of every user whose profile history the batch changed."""
+    completed = tables.read(batch.sparkSession, tables.ref("completed_workouts"))
+    changed = _from(batch, "user_profile_history", "user_id")
+    return completed.join(changed, ["user_id"], "left_semi").select(*SESSION_KEY)
+
+
+def _workout_bpm_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
     def write(batch: DataFrame, batch_id: int) -> None:
-        spark = batch.sparkSession
-        users = tables.read(spark, tables.ref("users"))
-        completed = tables.read(spark, tables.ref("completed_workouts"))
-        heart_rate = tables.read(spark, tables.ref("heart_rate"))
-        readings = batch.filter(F.col("_source") == "heart_rate").select("device_id", "time", "heartrate", "valid")
-        # The sessions the new readings may fall in, by equi-joins over one row per device: a
-        # superset of those holding one, whose extra members recompute to the rows they have (one
-        # band join per batch, the recompute's, instead of a second over the whole table).
-        by_reading = sessions_near_readings(completed, readings, users)
-        by_session = _from(batch, "completed_workouts", *SESSION_KEY)
-        by_user = completed.join(_from(batch, "users", "user_id"), ["user_id"], "left_semi").select(*SESSION_KEY)
-        scopes = by_reading.unionByName(by_session).unionByName(by_user).distinct().persist()
+        _write_workout_bpm(tables, batch).unpersist()
+
+    return _cached(write)
+
+
+def _workout_bpm_summary_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
+    def write(batch: DataFrame, batch_id: int) -> None:
+        scopes = (
+            _from(batch, "completed_workouts", *SESSION_KEY)
+            .unionByName(_from(batch, "workout_bpm", *SESSION_KEY))
+            .unionByName(_sessions_of_history_changes(tables, batch))
+            .distinct()
+            .persist()
+        )
         try:
-            sessions = completed.join(scopes, list(SESSION_KEY), "left_semi")
-            # A session's rows lie within its bounds (never changed: completed_workouts is
-            # insert-only), so readings and target are read only there: O(batch), not O(table).
-            bounds = _session_bounds(sessions)
-            rows = workout_bpm(sessions, _within(heart_rate, "time", bounds), users)
-            replace_scopes(
-                spark,
-                tables,
-                target,
-                rows,
-                scopes=scopes,
-                scope_keys=SESSION_KEY,
-                keys=(*SESSION_KEY, "time"),
-                prune_on="time",
-                prune_bounds=bounds,
-            )
+            _write_summary(tables, scopes)
         finally:
             scopes.unpersist()
 
     return _cached(write)
 
 
-def _workout_bpm_summary_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
-    target = tables.ref("workout_bpm_summary")
+def _workout_chain_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
+    """``workout_bpm`` and then its summary from ONE micro-batch (``realtime`` mode): a reading
+    reaches gold one derived batch after silver, not two.
+
+    The summary's sessions are those whose ``workout_bpm`` rows the first MERGE may have replaced
+    (every change of a summary's readings is one of those) plus the sessions of users whose profile
+    history changed; the summary reads ``workout_bpm`` as the first MERGE committed it.
+    """
 
     def write(batch: DataFrame, batch_id: int) -> None:
-        spark = batch.sparkSession
-        completed = tables.read(spark, tables.ref("completed_workouts"))
-        readings = tables.read(spark, tables.ref("workout_bpm"))
-        history = tables.read(spark, tables.ref("user_profile_history"))
-        by_user = completed.join(_from(batch, "user_profile_history", "user_id"), ["user_id"], "left_semi").select(
-            *SESSION_KEY
-        )
-        scopes = (
-            _from(batch, "completed_workouts", *SESSION_KEY)
-            .unionByName(_from(batch, "workout_bpm", *SESSION_KEY))
-            .unionByName(by_user)
-            .distinct()
-            .persist()
-        )
+        replaced = _write_workout_bpm(tables, batch)
         try:
-            users = scopes.select("user_id").distinct()
-            sessions = completed.join(scopes, list(SESSION_KEY), "left_semi")
-            bounds = _session_bounds(sessions)
-            rows = workout_bpm_summary(
-                sessions,
-                _within(readings, "time", bounds).join(scopes, list(SESSION_KEY), "left_semi"),
-                history.join(users, ["user_id"], "left_semi"),
-            )
-            replace_scopes(spark, tables, target, rows, scopes=scopes, scope_keys=SESSION_KEY, keys=SESSION_KEY)
+            scopes = replaced.unionByName(_sessions_of_history_changes(tables, batch)).distinct().persist()
+            try:
+                _write_summary(tables, scopes)
+            finally:
+                scopes.unpersist()
         finally:
-            scopes.unpersist()
+            replaced.unpersist()
 
     return _cached(write)
 
@@ -228,10 +268,16 @@ def _gym_occupancy_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
     return _cached(write)
 
 
-#: The writers of the derived tables, by table name.
+#: The writers of the derived tables, by the tables they write.
 DERIVED: tuple[DerivedSpec, ...] = (
-    DerivedSpec("workout_bpm", _workout_bpm_writer),
-    DerivedSpec("workout_bpm_summary", _workout_bpm_summary_writer),
-    DerivedSpec("gym_summary", _gym_summary_writer),
-    DerivedSpec("gym_occupancy", _gym_occupancy_writer),
+    DerivedSpec(("workout_bpm",), _workout_bpm_writer),
+    DerivedSpec(("workout_bpm_summary",), _workout_bpm_summary_writer),
+    DerivedSpec(("workout_bpm", "workout_bpm_summary"), _workout_chain_writer),
+    DerivedSpec(("gym_summary",), _gym_summary_writer),
+    DerivedSpec(("gym_occupancy",), _gym_occupancy_writer),
 )
+
+
+def derived_writer(writes: tuple[str, ...]) -> DerivedSpec:
+    """The writer of exactly the tables ``writes``."""
+    return next(d for d in DERIVED if d.writes == writes)
