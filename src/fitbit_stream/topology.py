@@ -211,7 +211,7 @@ def queries(mode: Mode = "realtime") -> tuple[QuerySpec, ...]:
     ingest = _ingest(mode)
     topics = TOPIC_QUERIES if mode == "layered" else ()
     workouts = WORKOUT_QUERIES_LAYERED if mode == "layered" else WORKOUT_QUERIES_REALTIME
-    return (*ingest, _REST[0], *topics, *_REST[1:3], *workouts, *_REST[3:])
+    return (*ingest, _REST[0], *topics, *_REST[1:], *workouts)
 
 
 #: The queries of the default mode.

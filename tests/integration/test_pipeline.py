@@ -352,12 +352,12 @@ def test_a_drain_runs_independent_queries_side_by_side_and_never_before_their_in
         ["bronze_kafka_multiplex", "bronze_sql"],
         ["bronze_landing_multiplex", "silver_users", "silver_gym_logs"],
         ["silver_user_info", "silver_bpm", "silver_workout", "derived_gym_occupancy"],
-        ["derived_workout_bpm", "user_bins+date_lookup+tombstones", "derived_gym_summary"],
+        ["user_bins+date_lookup+tombstones", "derived_gym_summary", "derived_workout_bpm"],
         ["derived_workout_bpm_summary"],
     ]
     # a layer alone waits for nothing outside it
     assert waves(pipeline._steps(("gold",), once, None)) == [
-        ["derived_workout_bpm_summary", "derived_gym_summary", "derived_gym_occupancy"]
+        ["derived_gym_summary", "derived_gym_occupancy", "derived_workout_bpm_summary"]
     ]
 
 

@@ -143,10 +143,10 @@ def test_realtime_drain_plan_has_no_second_hop_to_silver(
         ["bronze_kafka_multiplex", "bronze_sql"],
         ["bronze_landing_multiplex", "silver_users", "silver_gym_logs"],
         [
-            "derived_workout_bpm_and_summary",
             "user_bins+date_lookup+tombstones",
             "derived_gym_summary",
             "derived_gym_occupancy",
+            "derived_workout_bpm_and_summary",
         ],
     ]
 
