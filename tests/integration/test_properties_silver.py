@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chispa import assert_df_equality
 from hypothesis import HealthCheck, Phase, example, given, note, settings
 from hypothesis import strategies as st
 from pyspark.sql import DataFrame, SparkSession
@@ -48,7 +47,7 @@ from fitbit_stream.schemas import (
 )
 from fitbit_stream.transforms.dates import week_part
 from fitbit_stream.transforms.workouts import format_duration
-from support.world import world_config
+from support.world import assert_rows, world_config
 
 BASE = datetime(2025, 3, 3, 10, 0)
 LOAD = datetime(2025, 3, 3, 18, 0)
@@ -369,16 +368,6 @@ def run_writers(spark: SparkSession, config: Config, batches: Sequence[Sequence[
         assert query.exception() is None
 
 
-def _assert(actual: DataFrame, rows: list[Row], schema: StructType) -> None:
-    assert_df_equality(
-        actual,
-        actual.sparkSession.createDataFrame(rows, schema),
-        ignore_row_order=True,
-        ignore_nullable=True,
-        ignore_column_order=True,
-    )
-
-
 @settings(
     max_examples=8,
     deadline=None,
@@ -404,16 +393,16 @@ def test_silver_tables_do_not_depend_on_arrival_order_or_batches(
     def read(name: str) -> DataFrame:
         return tables.read(spark, tables.ref(name))
 
-    _assert(read("heart_rate"), want.heart_rate, HEART_RATE)
-    _assert(read("workouts"), want.workouts, WORKOUTS)
-    _assert(read("completed_workouts"), want.completed, COMPLETED_WORKOUTS)
+    assert_rows(read("heart_rate"), want.heart_rate, HEART_RATE)
+    assert_rows(read("workouts"), want.workouts, WORKOUTS)
+    assert_rows(read("completed_workouts"), want.completed, COMPLETED_WORKOUTS)
     quarantine_columns = [f for f in QUARANTINE.fields if f.name != "quarantined_at"]
-    _assert(
+    assert_rows(
         read("quarantine").select(*(f.name for f in quarantine_columns)),
         want.quarantine,
         StructType(quarantine_columns),
     )
-    _assert(read("workout_bpm"), want.workout_bpm, WORKOUT_BPM)
+    assert_rows(read("workout_bpm"), want.workout_bpm, WORKOUT_BPM)
 
 
 def _copy_kinds(batches: Sequence[Sequence[Rec]]) -> set[tuple[str, str, str]]:

@@ -9,12 +9,10 @@ must be reported as implausible.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
 import pytest
-from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -28,7 +26,19 @@ from fitbit_stream.rebuild import rebuild
 from fitbit_stream.recompute import COMPARED_TABLES, recompute
 from fitbit_stream.schemas import QUARANTINE
 from fitbit_stream.verify import verify
-from support.world import PROFILE, REGISTERED, Bronze, Record, at, bpm, profile_change, table, workout, world_overrides
+from support.world import (
+    PROFILE,
+    REGISTERED,
+    Bronze,
+    Record,
+    assert_rows,
+    at,
+    bpm,
+    profile_change,
+    table,
+    workout,
+    world_overrides,
+)
 
 AS_OF = date(2025, 6, 1)
 
@@ -92,16 +102,6 @@ QUARANTINE_ROWS = [
     ("workout", 0, 3, "invalid_session"),
     ("workout", 0, 4, "future"),
 ]
-
-
-def assert_rows(actual: DataFrame, rows: Sequence[tuple[object, ...]], schema: str) -> None:
-    assert_df_equality(
-        actual,
-        actual.sparkSession.createDataFrame(rows, schema),
-        ignore_row_order=True,
-        ignore_nullable=True,
-        ignore_column_order=True,
-    )
 
 
 def assert_clean(spark: SparkSession, config: Config) -> None:

@@ -11,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StructType
 
 from fitbit_stream.config import Config, load_config
 from fitbit_stream.io.tables import Tables
@@ -221,3 +223,14 @@ def snapshot(spark: SparkSession, config: Config) -> dict[str, list[tuple[Any, .
         columns = sorted(c for c in df.columns if c not in WALL_CLOCK)
         out[name] = sorted((tuple(r) for r in df.select(*columns).collect()), key=repr)
     return out
+
+
+def assert_rows(actual: DataFrame, rows: Sequence[tuple[Any, ...]], schema: str | StructType) -> None:
+    """``actual`` holds exactly ``rows`` (in any order; nullability and column order aside)."""
+    assert_df_equality(
+        actual,
+        actual.sparkSession.createDataFrame(rows, schema),
+        ignore_row_order=True,
+        ignore_nullable=True,
+        ignore_column_order=True,
+    )

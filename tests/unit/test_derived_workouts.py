@@ -30,9 +30,15 @@ def version(city: str, valid_from: datetime, valid_to: datetime | None) -> tuple
 def world(spark: SparkSession, tmp_path: Path, spark_config: Config) -> tuple[Config, Tables]:
     config = world_config(tmp_path, spark_config.jars_dir)
     tables = Tables(config)
-    for name in ("users", "heart_rate", "completed_workouts", "user_profile_history", "workout_bpm"):
+    for name in (
+        "users",
+        "heart_rate",
+        "completed_workouts",
+        "user_profile_history",
+        "workout_bpm",
+        "workout_bpm_summary",
+    ):
         tables.ensure(spark, name)
-    tables.ensure(spark, "workout_bpm_summary")
     tables.append(spark.createDataFrame([(1, 101, "aa:bb:cc:dd:ee:01", at(9))], USERS), tables.ref("users"))
     tables.append(spark.createDataFrame([(1, 5, 1, START, END)], COMPLETED_WORKOUTS), tables.ref("completed_workouts"))
     tables.append(

@@ -10,7 +10,8 @@ waits for a later event, and a late reading or a profile change corrects the row
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import reduce
 from typing import TYPE_CHECKING
@@ -97,27 +98,32 @@ class DerivedSpec:
     make_writer: Callable[[Tables], Callable[[DataFrame, int], None]]
 
 
+@contextmanager
+def _persisted(df: DataFrame) -> Iterator[DataFrame]:
+    """``df`` computed once for the block (several actions read it), released after it."""
+    df = df.persist()
+    try:
+        yield df
+    finally:
+        df.unpersist()
+
+
 def _cached(write: Callable[[DataFrame, int], None]) -> Callable[[DataFrame, int], None]:
     """Read the micro-batch's change feeds once: each writer filters the batch several times, and
     every action on an uncached batch would scan the feeds again."""
 
     def run(batch: DataFrame, batch_id: int) -> None:
-        batch = batch.persist()
-        try:
-            write(batch, batch_id)
-        finally:
-            batch.unpersist()
+        with _persisted(batch) as cached:
+            write(cached, batch_id)
 
     return run
 
 
-def _write_workout_bpm(tables: Tables, batch: DataFrame) -> DataFrame:
-    """Replace the ``workout_bpm`` rows of every session the batch's changes may affect; return
-    those sessions (``SESSION_KEY``, persisted: the caller unpersists them)."""
+def _workout_bpm_scopes(tables: Tables, batch: DataFrame) -> DataFrame:
+    """The sessions (``SESSION_KEY``) whose ``workout_bpm`` rows the batch's changes may affect."""
     spark = batch.sparkSession
     users = tables.read(spark, tables.ref("users"))
     completed = tables.read(spark, tables.ref("completed_workouts"))
-    heart_rate = tables.read(spark, tables.ref("heart_rate"))
     readings = batch.filter(F.col("_source") == "heart_rate").select("device_id", "time", "heartrate", "valid")
     # The sessions the new readings may fall in, by equi-joins over one row per device: a
     # superset of those holding one, whose extra members recompute to the rows they have (one
@@ -125,28 +131,31 @@ def _write_workout_bpm(tables: Tables, batch: DataFrame) -> DataFrame:
     by_reading = sessions_near_readings(completed, readings, users)
     by_session = _from(batch, "completed_workouts", *SESSION_KEY)
     by_user = completed.join(_from(batch, "users", "user_id"), ["user_id"], "left_semi").select(*SESSION_KEY)
-    scopes = by_reading.unionByName(by_session).unionByName(by_user).distinct().persist()
-    try:
-        sessions = completed.join(scopes, list(SESSION_KEY), "left_semi")
-        # A session's rows lie within its bounds (never changed: completed_workouts is
-        # insert-only), so readings and target are read only there: O(batch), not O(table).
-        bounds = _session_bounds(sessions)
-        rows = workout_bpm(sessions, _within(heart_rate, "time", bounds), users)
-        replace_scopes(
-            spark,
-            tables,
-            tables.ref("workout_bpm"),
-            rows,
-            scopes=scopes,
-            scope_keys=SESSION_KEY,
-            keys=(*SESSION_KEY, "time"),
-            prune_on="time",
-            prune_bounds=bounds,
-        )
-    except BaseException:
-        scopes.unpersist()
-        raise
-    return scopes
+    return by_reading.unionByName(by_session).unionByName(by_user).distinct()
+
+
+def _write_workout_bpm(tables: Tables, scopes: DataFrame) -> None:
+    """Replace the ``workout_bpm`` rows of the sessions in ``scopes`` from the inputs' current state."""
+    spark = scopes.sparkSession
+    users = tables.read(spark, tables.ref("users"))
+    completed = tables.read(spark, tables.ref("completed_workouts"))
+    heart_rate = tables.read(spark, tables.ref("heart_rate"))
+    sessions = completed.join(scopes, list(SESSION_KEY), "left_semi")
+    # A session's rows lie within its bounds (never changed: completed_workouts is
+    # insert-only), so readings and target are read only there: O(batch), not O(table).
+    bounds = _session_bounds(sessions)
+    rows = workout_bpm(sessions, _within(heart_rate, "time", bounds), users)
+    replace_scopes(
+        spark,
+        tables,
+        tables.ref("workout_bpm"),
+        rows,
+        scopes=scopes,
+        scope_keys=SESSION_KEY,
+        keys=(*SESSION_KEY, "time"),
+        prune_on="time",
+        prune_bounds=bounds,
+    )
 
 
 def _write_summary(tables: Tables, scopes: DataFrame) -> None:
@@ -178,7 +187,8 @@ def _sessions_of_history_changes(tables: Tables, batch: DataFrame) -> DataFrame:
 
 def _workout_bpm_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
     def write(batch: DataFrame, batch_id: int) -> None:
-        _write_workout_bpm(tables, batch).unpersist()
+        with _persisted(_workout_bpm_scopes(tables, batch)) as scopes:
+            _write_workout_bpm(tables, scopes)
 
     return _cached(write)
 
@@ -190,12 +200,9 @@ def _workout_bpm_summary_writer(tables: Tables) -> Callable[[DataFrame, int], No
             .unionByName(_from(batch, "workout_bpm", *SESSION_KEY))
             .unionByName(_sessions_of_history_changes(tables, batch))
             .distinct()
-            .persist()
         )
-        try:
-            _write_summary(tables, scopes)
-        finally:
-            scopes.unpersist()
+        with _persisted(scopes) as persisted:
+            _write_summary(tables, persisted)
 
     return _cached(write)
 
@@ -210,15 +217,11 @@ def _workout_chain_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
     """
 
     def write(batch: DataFrame, batch_id: int) -> None:
-        replaced = _write_workout_bpm(tables, batch)
-        try:
-            scopes = replaced.unionByName(_sessions_of_history_changes(tables, batch)).distinct().persist()
-            try:
+        with _persisted(_workout_bpm_scopes(tables, batch)) as replaced:
+            _write_workout_bpm(tables, replaced)
+            summarised = replaced.unionByName(_sessions_of_history_changes(tables, batch)).distinct()
+            with _persisted(summarised) as scopes:
                 _write_summary(tables, scopes)
-            finally:
-                scopes.unpersist()
-        finally:
-            replaced.unpersist()
 
     return _cached(write)
 
@@ -240,13 +243,10 @@ def _gym_summary_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
             .unionByName(users.join(session_users, ["user_id"], "left_semi").select("mac_address"))
             .dropna()
             .distinct()
-            .persist()
         )
-        try:
-            rows = gym_summary(visits.join(macs, ["mac_address"], "left_semi"), users, completed)
-            replace_scopes(spark, tables, target, rows, scopes=macs, scope_keys=["mac_address"], keys=GYM_SUMMARY_KEY)
-        finally:
-            macs.unpersist()
+        with _persisted(macs) as scopes:
+            rows = gym_summary(visits.join(scopes, ["mac_address"], "left_semi"), users, completed)
+            replace_scopes(spark, tables, target, rows, scopes=scopes, scope_keys=["mac_address"], keys=GYM_SUMMARY_KEY)
 
     return _cached(write)
 
@@ -257,13 +257,10 @@ def _gym_occupancy_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
     def write(batch: DataFrame, batch_id: int) -> None:
         spark = batch.sparkSession
         changed = batch.filter(F.col("_source") == "gym_logs").select("mac_address", "gym", "login", "logout")
-        hours = affected_hours(changed).persist()
-        try:
+        with _persisted(affected_hours(changed)) as hours:
             visits = tables.read(spark, tables.ref("gym_logs"))
             rows = gym_occupancy(visits, hours=hours)
             replace_scopes(spark, tables, target, rows, scopes=hours, scope_keys=OCCUPANCY_KEY, keys=OCCUPANCY_KEY)
-        finally:
-            hours.unpersist()
 
     return _cached(write)
 
