@@ -119,11 +119,8 @@ def _cached(write: Callable[[DataFrame, int], None]) -> Callable[[DataFrame, int
     return run
 
 
-def _workout_bpm_scopes(tables: Tables, batch: DataFrame) -> DataFrame:
+def _workout_bpm_scopes(batch: DataFrame, completed: DataFrame, users: DataFrame) -> DataFrame:
     """The sessions (``SESSION_KEY``) whose ``workout_bpm`` rows the batch's changes may affect."""
-    spark = batch.sparkSession
-    users = tables.read(spark, tables.ref("users"))
-    completed = tables.read(spark, tables.ref("completed_workouts"))
     readings = batch.filter(F.col("_source") == "heart_rate").select("device_id", "time", "heartrate", "valid")
     # The sessions the new readings may fall in, by equi-joins over one row per device: a
     # superset of those holding one, whose extra members recompute to the rows they have (one
@@ -134,11 +131,9 @@ def _workout_bpm_scopes(tables: Tables, batch: DataFrame) -> DataFrame:
     return by_reading.unionByName(by_session).unionByName(by_user).distinct()
 
 
-def _write_workout_bpm(tables: Tables, scopes: DataFrame) -> None:
+def _write_workout_bpm(tables: Tables, scopes: DataFrame, completed: DataFrame, users: DataFrame) -> None:
     """Replace the ``workout_bpm`` rows of the sessions in ``scopes`` from the inputs' current state."""
     spark = scopes.sparkSession
-    users = tables.read(spark, tables.ref("users"))
-    completed = tables.read(spark, tables.ref("completed_workouts"))
     heart_rate = tables.read(spark, tables.ref("heart_rate"))
     sessions = completed.join(scopes, list(SESSION_KEY), "left_semi")
     # A session's rows lie within its bounds (never changed: completed_workouts is
@@ -178,27 +173,33 @@ def _write_summary(tables: Tables, scopes: DataFrame) -> None:
     )
 
 
-def _sessions_of_history_changes(tables: Tables, batch: DataFrame) -> DataFrame:
+def _sessions_of_history_changes(batch: DataFrame, completed: DataFrame) -> DataFrame:
     """The sessions of every user whose profile history the batch changed."""
-    completed = tables.read(batch.sparkSession, tables.ref("completed_workouts"))
     changed = _from(batch, "user_profile_history", "user_id")
     return completed.join(changed, ["user_id"], "left_semi").select(*SESSION_KEY)
 
 
+def _completed_and_users(tables: Tables, spark: SparkSession) -> tuple[DataFrame, DataFrame]:
+    """``completed_workouts`` and ``users``, read once for everything a micro-batch derives."""
+    return tables.read(spark, tables.ref("completed_workouts")), tables.read(spark, tables.ref("users"))
+
+
 def _workout_bpm_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
     def write(batch: DataFrame, batch_id: int) -> None:
-        with _persisted(_workout_bpm_scopes(tables, batch)) as scopes:
-            _write_workout_bpm(tables, scopes)
+        completed, users = _completed_and_users(tables, batch.sparkSession)
+        with _persisted(_workout_bpm_scopes(batch, completed, users)) as scopes:
+            _write_workout_bpm(tables, scopes, completed, users)
 
     return _cached(write)
 
 
 def _workout_bpm_summary_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
     def write(batch: DataFrame, batch_id: int) -> None:
+        completed = tables.read(batch.sparkSession, tables.ref("completed_workouts"))
         scopes = (
             _from(batch, "completed_workouts", *SESSION_KEY)
             .unionByName(_from(batch, "workout_bpm", *SESSION_KEY))
-            .unionByName(_sessions_of_history_changes(tables, batch))
+            .unionByName(_sessions_of_history_changes(batch, completed))
             .distinct()
         )
         with _persisted(scopes) as persisted:
@@ -217,9 +218,10 @@ def _workout_chain_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
     """
 
     def write(batch: DataFrame, batch_id: int) -> None:
-        with _persisted(_workout_bpm_scopes(tables, batch)) as replaced:
-            _write_workout_bpm(tables, replaced)
-            summarised = replaced.unionByName(_sessions_of_history_changes(tables, batch)).distinct()
+        completed, users = _completed_and_users(tables, batch.sparkSession)
+        with _persisted(_workout_bpm_scopes(batch, completed, users)) as replaced:
+            _write_workout_bpm(tables, replaced, completed, users)
+            summarised = replaced.unionByName(_sessions_of_history_changes(batch, completed)).distinct()
             with _persisted(summarised) as scopes:
                 _write_summary(tables, scopes)
 
@@ -231,8 +233,7 @@ def _gym_summary_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
 
     def write(batch: DataFrame, batch_id: int) -> None:
         spark = batch.sparkSession
-        users = tables.read(spark, tables.ref("users"))
-        completed = tables.read(spark, tables.ref("completed_workouts"))
+        completed, users = _completed_and_users(tables, spark)
         visits = tables.read(spark, tables.ref("gym_logs"))
         # A visit's row depends on the visit, on who owns its mac address and on that member's
         # sessions: recompute every visit of each mac address the batch touched.
