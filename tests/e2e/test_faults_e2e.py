@@ -552,17 +552,46 @@ def _write_config(config: Config, path: Path) -> Path:
     return path
 
 
+#: A round's pipeline: ``fitbit-stream run --once`` (the CLI's own entry point), whose Spark session
+#: is built, and Delta's read and MERGE paths loaded on a table of its own, before its turn comes. A
+#: cold JVM took 15-25 s of each round on two busy cores; started while the round before it runs, it
+#: is ready when its turn comes. Nothing touches the lake or the checkpoints before ``go``.
+_ROUND_PIPELINE = """
+import sys, tempfile
+from delta.tables import DeltaTable
+from fitbit_stream import cli
+from fitbit_stream.config import load_config
+from fitbit_stream.session import get_spark
+spark = get_spark(load_config(sys.argv[1]))
+with tempfile.TemporaryDirectory() as warm:
+    spark.range(3).write.format("delta").save(warm)
+    target = DeltaTable.forPath(spark, warm).alias("t")
+    target.merge(spark.range(5).alias("s"), "t.id = s.id").whenNotMatchedInsertAll().execute()
+    spark.read.format("delta").load(warm).collect()
+if sys.stdin.readline() == "go\\n":
+    sys.exit(cli.main(["run", "--once", "--config", sys.argv[1]]))
+"""
+
+
 def _start_pipeline(config_file: Path, log: Path) -> subprocess.Popen[bytes]:
+    """Start a round's pipeline, waiting for :func:`_go`."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "fitbit_stream.cli", "run", "--once", "--config", str(config_file)],
+            [sys.executable, "-c", _ROUND_PIPELINE, str(config_file)],
             cwd=config_file.parent,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "TZ": "UTC", "PYTHONUNBUFFERED": "1"},
             start_new_session=True,  # its own process group: the kill takes the JVM too
         )
+
+
+def _go(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    assert proc.stdin is not None
+    proc.stdin.write(b"go\n")
+    proc.stdin.close()
+    return proc
 
 
 def _group_alive(pgid: int) -> bool:
@@ -592,11 +621,13 @@ def _alive_for(proc: subprocess.Popen[bytes], seconds: float) -> bool:
     return False
 
 
-def _kill_after_commit(proc: subprocess.Popen[bytes], lake: Path, tables: tuple[str, ...], delay: float) -> str:
-    """SIGKILL the pipeline ``delay`` seconds after its next commit to one of ``tables``."""
+def _kill_after_commit(
+    proc: subprocess.Popen[bytes], lake: Path, tables: tuple[str, ...], delay: float, seen: set[str]
+) -> str:
+    """SIGKILL the pipeline ``delay`` seconds after its first commit to one of ``tables`` that is not
+    in ``seen`` (the commits before it started)."""
     # Only the target tables' logs, every 50 ms: a whole-lake listing every 10 ms took CPU from the
     # two-core pipeline it watches, and a topic batch's next commit comes a second after this one.
-    seen = lake_commits(lake, tables)
     deadline = time.monotonic() + 900
     while True:
         fresh = sorted(lake_commits(lake, tables) - seen)
@@ -651,45 +682,53 @@ def drained(spark: SparkSession, env: Env, world: World) -> Drained:
     others = [i for i, (name, _, mid) in enumerate(STAGES) if not mid and name not in quiet]
     mids = [i for i, (_, _, mid) in enumerate(STAGES) if mid]
     drawn = sorted(mids[:ROUNDS] + rng.sample(others, max(0, ROUNDS - len(mids))))
-    for number, index in enumerate(drawn):
-        _, _, mid_batch = STAGES[index]
-        if mid_batch:
-            targets = tuple(table for _, tables, mid in STAGES if mid for table in tables)
-        else:
-            # its stage or a later one; the final stage is left to the last round, which must still
-            # find it with work to do
-            last = number == len(drawn) - 1
-            targets = tuple(
-                table
-                for at, (_, tables, mid) in enumerate(STAGES[index:], start=index)
-                if not mid and (last or at != len(STAGES) - 1)
-                for table in tables
-            )
-        passed_silver = number > 0 and drawn[number - 1] > LAST_HEART_RATE_STAGE
-        if not second_part and passed_silver and _read_first_part(spark, killed):
-            env.produce(POISON_SECOND)  # the killed pipeline meets these after a restart
-            second_part = True
-            referee.start()
-        # right after the commit, or a random moment after it (never past the end of the drain)
-        delay = 0.0 if mid_batch or index >= len(STAGES) - 2 else rng.uniform(0.0, 0.5)
-        proc = _start_pipeline(config_file, logs / f"round-{number}.log")
-        try:
-            trigger = _kill_after_commit(proc, lake, targets, delay)
-        finally:
-            if proc.poll() is None:
-                _kill(proc)
-        stage = OWNER[trigger.split()[0]]
-        kills.append(Kill(number, stage, mid_batch, trigger, delay, uncommitted(checkpoints)))
-    after_restart = second_part
-    if not second_part:
-        env.produce(POISON_SECOND)
-        referee.start()
-    # restarted, it completes the drain (a subprocess like the killed ones)
-    final = _start_pipeline(config_file, logs / "final.log")
+    logs_of = [f"round-{number}.log" for number in range(len(drawn))] + ["final.log"]
+    upcoming = _start_pipeline(config_file, logs / logs_of[0])
     try:
-        referee.join(timeout=1800)
+        for number, index in enumerate(drawn):
+            _, _, mid_batch = STAGES[index]
+            if mid_batch:
+                targets = tuple(table for _, tables, mid in STAGES if mid for table in tables)
+            else:
+                # its stage or a later one; the final stage is left to the last round, which must
+                # still find it with work to do
+                last = number == len(drawn) - 1
+                targets = tuple(
+                    table
+                    for at, (_, tables, mid) in enumerate(STAGES[index:], start=index)
+                    if not mid and (last or at != len(STAGES) - 1)
+                    for table in tables
+                )
+            passed_silver = number > 0 and drawn[number - 1] > LAST_HEART_RATE_STAGE
+            if not second_part and passed_silver and _read_first_part(spark, killed):
+                env.produce(POISON_SECOND)  # the killed pipeline meets these after a restart
+                second_part = True
+                referee.start()
+            # right after the commit, or a random moment after it (never past the end of the drain)
+            delay = 0.0 if mid_batch or index >= len(STAGES) - 2 else rng.uniform(0.0, 0.5)
+            seen = lake_commits(lake, targets)
+            proc = _go(upcoming)
+            upcoming = _start_pipeline(config_file, logs / logs_of[number + 1])  # the next round's
+            try:
+                trigger = _kill_after_commit(proc, lake, targets, delay, seen)
+            finally:
+                if proc.poll() is None:
+                    _kill(proc)
+            stage = OWNER[trigger.split()[0]]
+            kills.append(Kill(number, stage, mid_batch, trigger, delay, uncommitted(checkpoints)))
+        after_restart = second_part
+        if not second_part:
+            env.produce(POISON_SECOND)
+            referee.start()
+        # restarted, it completes the drain (a subprocess like the killed ones)
+        final = _go(upcoming)
+        try:
+            referee.join(timeout=1800)
+        finally:
+            assert final.wait(timeout=1800) == 0, f"the restarted pipeline failed: see {logs / 'final.log'}"
     finally:
-        assert final.wait(timeout=1800) == 0, f"the restarted pipeline failed: see {logs / 'final.log'}"
+        if upcoming.poll() is None:
+            _kill(upcoming)
     assert not referee.is_alive(), "the fault-free run did not end"
     assert not reference_failed, f"the fault-free run failed: {reference_failed[0]!r}"
     # user_bins is as of the run's date: recompute the killed lake's as of the reference's
