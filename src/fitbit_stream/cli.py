@@ -82,6 +82,8 @@ def cmd_platform(args: argparse.Namespace) -> int:
     from fitbit_stream.platform.postgres import PostgresServer
 
     config = _config(args)
+    if args.cluster:
+        return _platform_cluster(args.action, config, args.cluster_port)
     broker = KafkaBroker.from_config(config)
     postgres = PostgresServer.from_config(config) if args.postgres else None
     if args.action == "start":
@@ -103,6 +105,27 @@ def cmd_platform(args: argparse.Namespace) -> int:
         if postgres is not None:
             pg = postgres.status()
             print(f"[platform] postgres {'running' if pg.running else 'stopped'}")
+    return 0
+
+
+def _platform_cluster(action: str, config: Config, port: int) -> int:
+    from fitbit_stream.platform.cluster import SparkCluster
+
+    cluster = SparkCluster.from_config(config, port=port, web_port=port + 1003)
+    if action == "start":
+        status = cluster.start()
+        verb = "started" if status.started else "already running"
+        print(
+            f"[platform] spark cluster {verb}: {status.master_url}, {status.alive_workers} workers "
+            f"(web UI {status.web_url}, logs {cluster.log_dir})"
+        )
+        print(f"[platform] run on it: fitbit-stream run --set 'spark_conf[spark.master]={status.master_url}'")
+    elif action == "stop":
+        print(f"[platform] spark cluster {'stopped' if cluster.stop() else 'was not running'}")
+    else:
+        status = cluster.status()
+        state = f"running at {status.master_url}, {status.alive_workers} workers alive" if status.running else "stopped"
+        print(f"[platform] spark cluster {state}")
     return 0
 
 
@@ -307,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     plat = sub.add_parser("platform", help="start, stop or inspect the local Kafka broker (and PostgreSQL)")
     plat.add_argument("action", choices=["start", "stop", "status"])
     plat.add_argument("--postgres", action="store_true", help="also the local PostgreSQL server (e2e tests)")
+    plat.add_argument(
+        "--cluster",
+        action="store_true",
+        help="instead: a Spark standalone master and two workers on loopback (run the pipeline on it with "
+        "--set 'spark_conf[spark.master]=spark://127.0.0.1:7077')",
+    )
+    plat.add_argument("--cluster-port", type=int, default=7077, help="the master's port (web UI: port + 1003)")
     add_config_args(plat)
     plat.set_defaults(func=cmd_platform)
 

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -241,6 +242,14 @@ def _local_conf(config: Config) -> dict[str, str]:
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
     }
     conf.update(config.spark_conf)
+    master = conf.get("spark.master", "")
+    if master.startswith("spark://"):
+        # A standalone cluster (``platform start --cluster``): its executors run this Python, and a
+        # master on loopback gets a driver on loopback (else Spark picks the first network address).
+        conf.setdefault("spark.pyspark.python", sys.executable)
+        if master.removeprefix("spark://").split(":")[0] in ("127.0.0.1", "localhost"):
+            conf.setdefault("spark.driver.host", "127.0.0.1")
+            conf.setdefault("spark.driver.bindAddress", "127.0.0.1")
     # Added to whatever the configuration sets, unless it sets them itself.
     java = conf.get("spark.driver.extraJavaOptions", "")
     if "log4j2.configurationFile" not in java:

@@ -2,7 +2,7 @@
 
 The library's own generator emits a small chaotic world (bad records of every kind, duplicates,
 shuffled delivery, invalid sessions, a re-registration, deletes, visits open across runs) to a real
-Kafka broker and a real PostgreSQL database; ``Pipeline.run_once`` drains it. Then:
+Kafka broker and a real PostgreSQL database, and the pipeline drains it. Then:
 
 - every silver and gold table equals what ``tests/reference/contract.py`` (pure Python, written
   from CONTRACT.md) derives from the same bronze rows;
@@ -10,6 +10,15 @@ Kafka broker and a real PostgreSQL database; ``Pipeline.run_once`` drains it. Th
   reason, nothing more and nothing less; silver agrees with the truth files where they state facts
   directly (registrations, visits, readings, completed sessions and their readings);
 - the same world emitted in two halves and run twice gives the very same tables.
+
+The two scenarios run in different places. The world in one run (``one_run``) is drained on a real
+multi-node Spark: a standalone master and two workers on loopback (``SparkCluster``, the code behind
+``fitbit-stream platform start --cluster``), by ``fitbit-stream run --once`` in a subprocess with
+its executors in JVMs of their own; right after the ingest query's first commit to a silver table
+(inside its micro-batch), one executor JVM is SIGKILLed, and the run must recover (the tasks are
+retried, the worker starts a new executor). The world in two halves (``two_runs``) is drained by
+``Pipeline.run_once`` in this process's local session. Each equals the contract reference, and they
+equal each other.
 
 The late rule depends on micro-batch membership. The reference takes the pipeline runs as the
 batches (a bronze row belongs to the run that ingested it), which is exact here: within one run
@@ -19,147 +28,55 @@ is an hour), and the generator's late wave is emitted and ingested in a separate
 
 from __future__ import annotations
 
-import bisect
 import json
-import time
-import uuid
+import socket
 from collections import Counter
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pyspark.sql import SparkSession
 
-from fitbit_stream.config import Config, load_config
-from fitbit_stream.generator.model import ChaosConfig, GeneratorConfig
-from fitbit_stream.generator.run import GenerateRequest, generate
-from fitbit_stream.io.tables import Tables
-from fitbit_stream.pipeline import Pipeline
+from fitbit_stream.config import Config
+from fitbit_stream.platform.cluster import SparkCluster
 from fitbit_stream.platform.kafka import KafkaBroker
 from fitbit_stream.platform.postgres import PostgresServer
-from reference.contract import TABLE_KEYS, Rules, contract_tables, diff_tables
+from reference.contract import diff_tables
+from support.cluster import ExecutorKill, cluster_drain, cluster_overrides
+from support.ground_truth import AS_OF, MID, NOT_FACTS, SILVER_GOLD, Scenario, run_scenario
 
 pytestmark = pytest.mark.e2e
 
-START = datetime(2025, 3, 3, 5, tzinfo=UTC)
-# Seed 8 of this shape has every session kind (normal, stop before start, too long, no stop), a
-# re-registration, a delete with a re-creation, a visit open at the end and visits open at MID.
-KNOBS = GeneratorConfig(
-    seed=8,
-    users=7,
-    days=0.7,
-    start=START,
-    chaos=ChaosConfig(
-        rate=0.001,
-        malformed_json=7,  # every malformed variant
-        schema_violations=17,  # every schema-violation variant
-        future=2,
-        late=6,
-        duplicates=12,
-        shuffle_window_seconds=20,
-    ),
-)
-MID = START + timedelta(days=KNOBS.days / 2)
-AS_OF = date(2025, 6, 1)
-SILVER_GOLD = tuple(TABLE_KEYS)
-BRONZE_COLUMNS = ("key", "value", "topic", "partition", "offset", "timestamp", "load_time")
-# Not facts of the data: when a row was quarantined, and the wording of why (its field is checked
-# against the generator's truth instead).
-_NOT_FACTS = ("quarantined_at", "detail")
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
-@dataclass
-class Scenario:
-    config: Config
-    truth: Path
-    #: wall-clock instants (naive UTC) just before each run: a bronze row belongs to the last run
-    #: that started before its load_time
-    cuts: list[datetime]
-    tables: dict[str, list[dict[str, Any]]]
-    kafka: list[dict[str, Any]]
-    registered_users: list[dict[str, Any]]
-    gym_logins: list[dict[str, Any]]
-
-    def run_of(self, load_time: datetime) -> int:
-        run = bisect.bisect_right(self.cuts, load_time) - 1
-        assert run >= 0, f"load_time {load_time} is before the first run started ({self.cuts[0]})"
-        return run
-
-    def reference(self) -> dict[str, list[dict[str, Any]]]:
-        return contract_tables(
-            self.kafka,
-            self.registered_users,
-            self.gym_logins,
-            topics=self.config.kafka.topics,
-            rules=Rules.from_config(self.config.rules),
-            as_of=AS_OF,
-            batch_of=self.run_of,
-        )
-
-    def role(self, topic: str) -> str:
-        topics = self.config.kafka.topics
-        return {topics.user_info: "user_info", topics.bpm: "bpm", topics.workout: "workout"}[topic]
-
-
-def _run_scenario(
-    name: str,
-    slices: list[dict[str, Any]],
-    *,
-    spark: SparkSession,
-    spark_config: Config,
-    broker: KafkaBroker,
-    postgres: PostgresServer,
-    base: Path,
-) -> Scenario:
-    suffix = f"{name}_{uuid.uuid4().hex[:8]}"
-    database = f"gt_{suffix}"
-    postgres.create_database(database)
-    config = load_config(
-        None,
-        [
-            f"storage.root={base / 'lake'}",
-            f"storage.checkpoint_root={base / 'checkpoints'}",
-            f"platform_dir={base / 'platform'}",
-            f"jars_dir={spark_config.jars_dir}",
-            f"kafka.bootstrap_servers={broker.bootstrap_servers}",
-            f"kafka.topics.user_info=user_info_{suffix}",
-            f"kafka.topics.bpm=bpm_{suffix}",
-            f"kafka.topics.workout=workout_{suffix}",
-            f"sql.url={postgres.jdbc_url(database)}",
-            "sql.user=postgres",
-        ],
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
+    spark_cluster = SparkCluster(
+        tmp_path_factory.mktemp("spark-cluster"),
+        workers=2,
+        cores=1,
+        memory_mb=1536,
+        port=_free_port(),
+        web_port=_free_port(),
     )
-    knobs = KNOBS.model_copy(update={"topics": config.kafka.topics})
-    truth = base / "truth"
-    pipeline = Pipeline(spark, config)
-    cuts: list[datetime] = []
-    for i, part in enumerate(slices):
-        started = time.monotonic()
-        generate(config, GenerateRequest(knobs, truth_dir=truth if i == 0 else None, **part))
-        cuts.append(datetime.now(UTC).replace(tzinfo=None))
-        generated = time.monotonic()
-        report = pipeline.run_once(as_of=AS_OF)
-        print(f"{name} run {i}: generate {generated - started:.1f}s, run_once {time.monotonic() - generated:.1f}s")
-        print(report.table())
-    tables = Tables(config)
+    spark_cluster.start()
+    try:
+        yield spark_cluster
+    finally:
+        spark_cluster.stop()
 
-    def collect(table: str) -> list[dict[str, Any]]:
-        return [r.asDict(recursive=True) for r in tables.read(spark, tables.ref(table)).collect()]
 
-    started = time.monotonic()
-    scenario = Scenario(
-        config=config,
-        truth=truth,
-        cuts=cuts,
-        tables={table: collect(table) for table in SILVER_GOLD},
-        kafka=[{c: r[c] for c in BRONZE_COLUMNS} for r in collect("kafka_multiplex_bz")],
-        registered_users=collect("registered_users_bz"),
-        gym_logins=collect("gym_logins_bz"),
-    )
-    print(f"{name}: tables collected in {time.monotonic() - started:.1f}s")
-    return scenario
+@pytest.fixture(scope="module")
+def executor_kill() -> ExecutorKill:
+    return ExecutorKill()
 
 
 @pytest.fixture(scope="module")
@@ -168,16 +85,21 @@ def one_run(
     spark_config: Config,
     kafka_broker: KafkaBroker,
     postgres: PostgresServer,
+    cluster: SparkCluster,
+    executor_kill: ExecutorKill,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Scenario:
-    return _run_scenario(
+    base = tmp_path_factory.mktemp("one_run")
+    return run_scenario(
         "one",
         [{}, {"main": False, "late_wave": True}],
         spark=spark,
         spark_config=spark_config,
         broker=kafka_broker,
         postgres=postgres,
-        base=tmp_path_factory.mktemp("one_run"),
+        base=base,
+        overrides=cluster_overrides(cluster),
+        drain=cluster_drain(cluster, base, executor_kill, as_of=AS_OF),
     )
 
 
@@ -189,7 +111,7 @@ def two_runs(
     postgres: PostgresServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Scenario:
-    return _run_scenario(
+    return run_scenario(
         "two",
         [{"until": MID}, {"since": MID}, {"main": False, "late_wave": True}],
         spark=spark,
@@ -234,6 +156,28 @@ def _counter_diff(expected: Counter[Any], actual: Counter[Any]) -> list[str]:
 # --- scenario a: one run of the main data, then the late wave ---------------------------------------
 
 
+def test_the_cluster_has_a_master_and_two_one_core_workers_on_loopback(cluster: SparkCluster) -> None:
+    status = cluster.status()
+    assert status.running
+    assert status.master_url.startswith("spark://127.0.0.1:")
+    assert sorted(state for state, _, _ in status.workers.values()) == ["ALIVE", "ALIVE"]
+    assert all(cores == 1 for _, cores, _ in status.workers.values())
+
+
+def test_one_run_lost_an_executor_mid_batch_and_the_worker_replaced_it(
+    one_run: Scenario, cluster: SparkCluster, executor_kill: ExecutorKill
+) -> None:
+    kill = executor_kill
+    assert kill.killed is not None, "the first run ended before the ingest query committed to silver"
+    assert kill.trigger.startswith("silver/"), kill
+    # the kill landed inside a micro-batch: the checkpoint had planned a batch it had not committed
+    assert kill.planned, kill
+    assert not kill.committed or kill.planned[-1] > kill.committed[-1], kill
+    assert kill.killed not in cluster.executor_pids()
+    assert kill.replacements, "the worker never started an executor in place of the killed one"
+    # ... and the run went on to the end (the drain asserts exit 0); the tables are checked below
+
+
 def test_world_has_what_the_scenarios_need(one_run: Scenario) -> None:
     """Guards the choice of knobs: the world exercises every rule this file is about."""
     sessions = _lines(one_run.truth / "sessions.jsonl")
@@ -254,7 +198,7 @@ def test_world_has_what_the_scenarios_need(one_run: Scenario) -> None:
 def test_one_run_equals_the_contract_reference(one_run: Scenario, table: str) -> None:
     expected = one_run.reference()[table]
     assert expected, f"the reference derives no {table} rows: the world is too small to test it"
-    _assert_no_problems(diff_tables(table, expected, one_run.tables[table], ignore=_NOT_FACTS))
+    _assert_no_problems(diff_tables(table, expected, one_run.tables[table], ignore=NOT_FACTS))
 
 
 def test_one_run_quarantines_exactly_the_bad_records_of_the_truth(one_run: Scenario) -> None:
@@ -366,7 +310,7 @@ def test_two_runs_equal_the_contract_reference(two_runs: Scenario) -> None:
     reference = two_runs.reference()
     problems: list[str] = []
     for table in SILVER_GOLD:
-        problems += diff_tables(table, reference[table], two_runs.tables[table], ignore=_NOT_FACTS)
+        problems += diff_tables(table, reference[table], two_runs.tables[table], ignore=NOT_FACTS)
     _assert_no_problems(problems)
     # a visit open at the first run was closed by the second: both row versions are in bronze
     versions = Counter((v["mac_address"], v["gym"], v["login"]) for v in two_runs.gym_logins)

@@ -274,6 +274,53 @@ def test_java_options_of_the_config_are_kept() -> None:
     assert any(o.startswith("-Dlog4j2.configurationFile=") for o in options)
 
 
+@pytest.mark.parametrize(
+    ("master", "driver_host"),
+    [("spark://127.0.0.1:7077", "127.0.0.1"), ("spark://localhost:7077", "127.0.0.1"), ("spark://10.0.0.5:7077", None)],
+)
+def test_a_standalone_master_gets_this_python_and_a_loopback_one_a_loopback_driver(
+    master: str, driver_host: str | None
+) -> None:
+    from fitbit_stream.config import load_config
+
+    conf = session._local_conf(load_config(None, [f"spark_conf[spark.master]={master}"]))
+    assert conf["spark.master"] == master
+    assert conf["spark.pyspark.python"] == sys.executable  # the executors' Python workers
+    assert conf.get("spark.driver.host") == driver_host
+    assert conf.get("spark.driver.bindAddress") == driver_host
+    assert "spark.pyspark.python" not in session._local_conf(load_config(None))  # local[*]: unchanged
+
+
+def test_platform_cluster_start_and_stop_name_the_master_and_the_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from fitbit_stream.platform import cluster
+
+    status = cluster.ClusterStatus(
+        True,
+        "spark://127.0.0.1:7177",
+        "http://127.0.0.1:8180",
+        {"w1": ("ALIVE", 1, 2048), "w2": ("ALIVE", 1, 2048)},
+        True,
+    )
+    seen: list[tuple[int, int]] = []
+
+    def start(self: cluster.SparkCluster, timeout: float = 90.0) -> cluster.ClusterStatus:
+        seen.append((self.port, self.web_port))
+        return status
+
+    monkeypatch.setattr(cluster.SparkCluster, "start", start)
+    monkeypatch.setattr(cluster.SparkCluster, "stop", lambda self, timeout=30.0: True)
+    args = ["platform", "start", "--cluster", "--cluster-port", "7177", "--set", f"platform_dir={tmp_path}"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert seen == [(7177, 8180)]
+    assert "[platform] spark cluster started: spark://127.0.0.1:7177, 2 workers" in out
+    assert "fitbit-stream run --set 'spark_conf[spark.master]=spark://127.0.0.1:7177'" in out
+    assert cli.main(["platform", "stop", "--cluster", "--set", f"platform_dir={tmp_path}"]) == 0
+    assert "[platform] spark cluster stopped" in capsys.readouterr().out
+
+
 # --- stopping a continuous run --------------------------------------------------------------------
 
 

@@ -1,0 +1,137 @@
+"""Runs on the local Spark standalone cluster (``SparkCluster``): ``fitbit-stream run --once`` in a
+subprocess whose ``spark.master`` is the cluster (a process holds one SparkContext, and the suite's
+own session stays local), and an executor JVM killed in the middle of a micro-batch."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import yaml
+
+from fitbit_stream.config import Config
+from fitbit_stream.platform.cluster import SparkCluster
+
+#: the query whose micro-batch the kill lands in: it commits the silver topic tables, then bronze
+INGEST_QUERY = "bronze_kafka_multiplex"
+
+
+@dataclass
+class ExecutorKill:
+    killed: int | None = None
+    before: list[int] = field(default_factory=list)
+    #: the commit to a silver table the kill followed
+    trigger: str = ""
+    #: the ingest query's planned and committed batches when the kill landed
+    planned: list[int] = field(default_factory=list)
+    committed: list[int] = field(default_factory=list)
+    #: executors seen after the kill that were not running before it
+    replacements: set[int] = field(default_factory=set)
+
+
+def _batches(directory: Path) -> list[int]:
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+
+
+def _silver_commits(lake: Path) -> set[str]:
+    found = set()
+    for log in lake.glob("silver/*/_delta_log"):
+        with contextlib.suppress(FileNotFoundError):
+            found |= {f"silver/{log.parent.name} {p.name}" for p in log.iterdir() if p.name.endswith(".json")}
+    # version 0 only creates the empty table
+    return {c for c in found if c.split()[1][:-5].lstrip("0")}
+
+
+def _kill_an_executor_mid_batch(
+    proc: subprocess.Popen[bytes], cluster: SparkCluster, config: Config, kill: ExecutorKill
+) -> None:
+    lake, checkpoint = Path(config.storage.root), Path(config.storage.checkpoint_root) / INGEST_QUERY
+    seen = _silver_commits(lake)
+    while proc.poll() is None:
+        fresh = sorted(_silver_commits(lake) - seen)
+        if fresh:
+            kill.before = cluster.executor_pids()
+            assert len(kill.before) == 2, f"expected an executor per worker, found {kill.before}"
+            kill.killed, kill.trigger = kill.before[0], fresh[0]
+            os.kill(kill.killed, signal.SIGKILL)
+            kill.planned, kill.committed = _batches(checkpoint / "offsets"), _batches(checkpoint / "commits")
+            break
+        time.sleep(0.05)
+    while proc.poll() is None:  # the worker replaces the lost executor while the run goes on
+        kill.replacements |= set(cluster.executor_pids()) - set(kill.before)
+        time.sleep(0.2)
+
+
+def cluster_overrides(cluster: SparkCluster) -> tuple[str, ...]:
+    """The settings of a run on ``cluster``."""
+    # As the fault suite's subprocesses: on data this small, JVMs that compile with C1 only and
+    # expressions evaluated without generated code cost far less CPU (the results must not depend on it).
+    jvm = "-Duser.timezone=UTC -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m -XX:+UseSerialGC"
+    spark_conf = {
+        "spark.master": cluster.master_url,
+        "spark.executor.memory": "1g",
+        "spark.driver.memory": "1g",
+        "spark.default.parallelism": "2",
+        "spark.sql.codegen.wholeStage": "false",
+        "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+        "spark.driver.extraJavaOptions": jvm,
+        "spark.executor.extraJavaOptions": jvm,
+    }
+    return (f"spark_conf={spark_conf!r}",)
+
+
+def cluster_drain(
+    cluster: SparkCluster, base: Path, kill: ExecutorKill, *, as_of: date
+) -> Callable[[Config, int], str]:
+    """A ``drain`` for :func:`support.ground_truth.run_scenario`: each run a ``run --once`` on the
+    cluster; in the first, one executor is killed right after the first commit to a silver table."""
+
+    def drain(config: Config, run: int) -> str:
+        config_file = base / f"run-{run}.yaml"
+        config_file.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
+        log = base / f"run-{run}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "fitbit_stream.cli",
+                    "run",
+                    "--once",
+                    "--config",
+                    str(config_file),
+                    "--as-of",
+                    as_of.isoformat(),
+                ],
+                cwd=base,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "TZ": "UTC", "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,
+            )
+        try:
+            if run == 0:
+                watcher = threading.Thread(target=_kill_an_executor_mid_batch, args=(proc, cluster, config, kill))
+                watcher.start()
+            exit_code = proc.wait(timeout=900)
+            if run == 0:
+                watcher.join(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        text = log.read_text(encoding="utf-8", errors="replace")
+        assert exit_code == 0, f"the run on the cluster failed (exit {exit_code}):\n{text[-3000:]}"
+        return text[-1500:]
+
+    return drain
