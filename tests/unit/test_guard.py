@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 
 from fitbit_stream.config import Config, load_config
 from fitbit_stream.errors import PipelineError
 from fitbit_stream.io import guard
 from fitbit_stream.io.bronze import KafkaGap, find_gaps
+from fitbit_stream.io.tables import Tables, create_if_absent
 
 
 def _config(tmp_path: Path) -> Config:
@@ -85,3 +87,25 @@ def test_entries_a_killed_run_began_and_never_finished_are_cleared_and_nothing_e
     assert sorted(p.name for p in (location / "commits").iterdir()) == [".3.crc", "3"]
     assert guard.clear_unfinished_writes(str(tmp_path / "none")) == []
     assert guard.clear_unfinished_writes("abfss://c@a.dfs.core.windows.net/chk/q") == []
+
+
+def test_a_table_creation_a_killed_run_began_is_cleared_and_a_committed_log_is_kept(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """A SIGKILL between Delta 4 making ``_delta_log/_staged_commits`` and writing the first commit
+    left a log Delta refused to create a table over (``DELTA_TABLE_NOT_FOUND``) on every restart
+    (the fault suite hit it)."""
+    tables = Tables(load_config(None, [f"storage.root={tmp_path / 'lake'}"]))
+    ref = tables.ref("heart_rate")
+    assert ref.path is not None
+    log = Path(ref.path) / "_delta_log"
+    (log / "_staged_commits").mkdir(parents=True)
+    (log / ".00000000000000000000.json.5f0e.tmp").write_text("{", encoding="utf-8")  # never renamed
+    tables.ensure(spark, "heart_rate")
+    assert tables.read(spark, ref).isEmpty()
+    assert tables.read(spark, ref).columns == ["device_id", "time", "heartrate", "valid"]
+    # a log with a commit is a table: kept as it is
+    rows = spark.createDataFrame([(101, None, 60.0, True)], tables.read(spark, ref).schema)
+    tables.append(rows, ref)
+    create_if_absent(spark, ref, rows.schema)
+    assert tables.read(spark, ref).count() == 1

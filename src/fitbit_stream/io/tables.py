@@ -7,6 +7,8 @@ goes through :class:`Tables`, so the same code runs in both places.
 
 from __future__ import annotations
 
+import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +16,8 @@ from typing import TYPE_CHECKING
 from fitbit_stream.config import Config, Layer
 from fitbit_stream.errors import PipelineError
 from fitbit_stream.schemas import TABLES, TableSpec
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from delta.tables import DeltaTable
@@ -150,6 +154,7 @@ def create_if_absent(
 ) -> None:
     from delta.tables import DeltaTable
 
+    _clear_unfinished_creation(ref)
     builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
     builder = builder.location(ref.path) if ref.path else builder.tableName(str(ref.qualified_name))
     if partition_by:
@@ -171,6 +176,26 @@ def read_table(spark: SparkSession, ref: TableRef) -> DataFrame:
     if ref.path:
         return spark.read.format("delta").load(ref.path)
     return spark.read.table(str(ref.qualified_name))
+
+
+def _clear_unfinished_creation(ref: TableRef) -> None:
+    """Remove the Delta log a killed table creation began and never committed to.
+
+    Delta 4 makes ``_delta_log/_staged_commits`` before it writes the table's first commit; a run
+    killed in between leaves a log with no file in it (or only a hidden temporary one), and Delta
+    then takes the path for a table and refuses to create it (``DELTA_TABLE_NOT_FOUND``) on every
+    restart. Such a log holds nothing to keep. Local paths only (the caller holds the pipeline's
+    single-writer lock)."""
+    if ref.path is None or is_uri(ref.path):
+        return
+    log = Path(ref.path) / "_delta_log"
+    try:
+        if not log.is_dir() or any(p.is_file() and not p.name.startswith(".") for p in log.rglob("*")):
+            return
+    except OSError:
+        return
+    shutil.rmtree(log, ignore_errors=True)
+    _log.info("%s: removed the Delta log of a table creation a killed run began and never committed", ref.path)
 
 
 def _has_local_log(ref: TableRef) -> bool:
