@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fitbit_stream.errors import PlatformError
+from fitbit_stream.platform import pid_alive, port_open
 
 if TYPE_CHECKING:
     from fitbit_stream.config import Config
@@ -103,7 +104,7 @@ class SparkCluster:
         deadline = time.monotonic() + timeout
         started = False
         if not current.running:
-            if _port_open(_HOST, self.port):
+            if port_open(_HOST, self.port):
                 raise PlatformError(
                     f"Spark cluster: port {self.port} on {_HOST} is taken by another program; "
                     "pick another with --cluster-port"
@@ -114,7 +115,7 @@ class SparkCluster:
             started = True
             self._wait(deadline, lambda s: s.running, "the master to answer", _MASTER, 1)
         for instance in range(1, self.workers + 1):
-            if not self._pid_alive(_WORKER, instance):
+            if self._pid(_WORKER, instance) is None:
                 work = self.state_dir / f"work-{instance}"
                 work.mkdir(parents=True, exist_ok=True)
                 self._daemon(
@@ -150,9 +151,9 @@ class SparkCluster:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             end = time.monotonic() + timeout
-            while _alive(pid) and time.monotonic() < end:
+            while pid_alive(pid) and time.monotonic() < end:
                 time.sleep(0.1)
-            if _alive(pid):
+            if pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             self._pid_file(command, instance).unlink(missing_ok=True)
@@ -229,10 +230,7 @@ class SparkCluster:
             pid = int(self._pid_file(command, instance).read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid) else None
-
-    def _pid_alive(self, command: str, instance: int) -> bool:
-        return self._pid(command, instance) is not None
+        return pid if pid_alive(pid) else None
 
     def _log_file(self, command: str, instance: int) -> Path:
         return self.log_dir / f"spark-{_IDENT}-{command}-{instance}-{socket.gethostname()}.out"
@@ -256,25 +254,6 @@ class SparkCluster:
                     f"Spark cluster: timed out waiting for {what} ({self.web_url}); log {log}:\n{_tail(log)}"
                 )
             time.sleep(0.5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
-            return False
-    return True
-
-
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
 
 
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:

@@ -32,7 +32,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fitbit_stream.errors import PlatformError
+from fitbit_stream.platform import port_open
 
 if TYPE_CHECKING:
     from fitbit_stream.config import Config
@@ -177,7 +177,7 @@ class KafkaBroker:
         java = _java()
         self._check_jars()
         for port in (self.port, self.controller_port):
-            if _port_open(self.host, port):
+            if port_open(self.host, port):
                 raise PlatformError(
                     f"cannot start the kafka broker: {self.host}:{port} is already in use by another "
                     f"process (a broker from another state directory? `fitbit-stream platform status`)"
@@ -430,7 +430,7 @@ class KafkaBroker:
                 )
             # A plain TCP probe first: it costs nothing while the JVM boots and keeps librdkafka
             # from retrying connections in the background.
-            if _port_open(self.host, self.port):
+            if port_open(self.host, self.port):
                 try:
                     return self._list_topics(min(2.0, max(0.1, _remaining(deadline))))
                 except PlatformError as exc:
@@ -683,14 +683,6 @@ def _java() -> str:
     if found is None:
         raise PlatformError("no `java` on PATH (and JAVA_HOME is not set): run `./scripts/setup.sh`")
     return found
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _alive(pid: int) -> bool:

@@ -29,14 +29,13 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fitbit_stream.errors import PlatformError
-from fitbit_stream.platform import pid_alive
+from fitbit_stream.platform import pid_alive, port_open
 
 if TYPE_CHECKING:
     from fitbit_stream.config import Config
@@ -148,7 +147,7 @@ class PostgresServer:
             _LOG.info("postgres already running (pid %d, port %d)", pid, self.port)
             return self._status(pid)
         bin_dir = self._bin()
-        if _port_open(self.host, self.port):
+        if port_open(self.host, self.port):
             raise PlatformError(f"cannot start postgres: {self.host}:{self.port} is already in use by another process")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(exist_ok=True)
@@ -429,14 +428,6 @@ def _conninfo_value(value: str) -> str:
 
 def _conf_value(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _is_postgres(pid: int) -> bool:
