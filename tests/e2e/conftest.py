@@ -1,4 +1,5 @@
-"""The real local platform for e2e tests: one Kafka broker and one PostgreSQL server per session."""
+"""The real local platform for e2e tests: one Kafka broker and one PostgreSQL server per session, and
+a Spark standalone cluster (a master and two one-core workers) for the tests that run on it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fitbit_stream.platform.cluster import SparkCluster
 from fitbit_stream.platform.kafka import KafkaBroker
 from fitbit_stream.platform.postgres import PostgresServer
 
@@ -52,3 +54,16 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")  # its daemons stop once the module that uses it is done
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
+    port, web_port = free_ports(2)
+    spark_cluster = SparkCluster(
+        tmp_path_factory.mktemp("spark-cluster"), workers=2, cores=1, memory_mb=1536, port=port, web_port=web_port
+    )
+    spark_cluster.start()
+    try:
+        yield spark_cluster
+    finally:
+        spark_cluster.stop()

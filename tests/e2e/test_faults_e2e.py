@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from chispa import assert_df_equality
 from confluent_kafka import Producer
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -61,6 +60,7 @@ from fitbit_stream.io.tables import Tables
 from fitbit_stream.pipeline import Pipeline, RunReport
 from fitbit_stream.platform.kafka import KafkaBroker
 from fitbit_stream.schemas import TABLES
+from support.lake import batches, lake_commits, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -162,10 +162,6 @@ def copy_lake(source: Config, target: Config) -> None:
     shutil.copytree(source.storage.checkpoint_root, target.storage.checkpoint_root)
 
 
-def batches(directory: Path) -> list[int]:
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
-
-
 def uncommitted(checkpoint_root: Path) -> dict[str, int]:
     """Queries whose last planned batch the checkpoint has not recorded as committed."""
     found = {}
@@ -180,19 +176,6 @@ def delete_commit(query: Path, batch: int) -> None:
     """Delete a batch's commit file (and Hadoop's checksum of it, or the rewrite would collide)."""
     (query / "commits" / str(batch)).unlink()
     (query / "commits" / f".{batch}.crc").unlink(missing_ok=True)
-
-
-def lake_commits(lake: Path, tables: tuple[str, ...] | None = None) -> set[str]:
-    """The commit files after version 0 (which only creates the empty table) of ``tables``
-    ("<layer>/<table>"; default every table)."""
-    logs = lake.glob("*/*/_delta_log") if tables is None else (lake / t / "_delta_log" for t in tables)
-    found = set()
-    for log in logs:
-        table = f"{log.parent.parent.name}/{log.parent.name}"
-        with contextlib.suppress(FileNotFoundError):  # a table not created yet
-            names = [p.name for p in log.iterdir()]
-            found |= {f"{table} {n}" for n in names if n.endswith(".json") and n[:-5].lstrip("0")}
-    return found
 
 
 def value(df: DataFrame) -> Any:
@@ -547,11 +530,6 @@ class Drained:
     second_part_after_restart: bool
 
 
-def _write_config(config: Config, path: Path) -> Path:
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
-    return path
-
-
 #: A round's pipeline: ``fitbit-stream run --once`` (the CLI's own entry point), whose Spark session
 #: is built, and Delta's read and MERGE paths loaded on a table of its own, before its turn comes. A
 #: cold JVM took 15-25 s of each round on two busy cores; started while the round before it runs, it
@@ -657,7 +635,7 @@ def drained(spark: SparkSession, env: Env, world: World) -> Drained:
     killed = env.config("killed", SUBPROCESS_SPARK_CONF, "kafka.max_offsets_per_trigger=2500")
     logs = env.base / "killed-logs"
     logs.mkdir()
-    config_file = _write_config(killed, logs / "run.yaml")
+    config_file = write_config(killed, logs / "run.yaml")
     lake, checkpoints = Path(killed.storage.root), Path(killed.storage.checkpoint_root)
     kills = []
     second_part = False

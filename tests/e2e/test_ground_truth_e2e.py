@@ -29,9 +29,7 @@ is an hour), and the generator's late wave is emitted and ingested in a separate
 from __future__ import annotations
 
 import json
-import socket
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,30 +46,6 @@ from support.cluster import ExecutorKill, cluster_drain, cluster_overrides
 from support.ground_truth import AS_OF, MID, NOT_FACTS, SILVER_GOLD, Scenario, run_scenario
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
-    spark_cluster = SparkCluster(
-        tmp_path_factory.mktemp("spark-cluster"),
-        workers=2,
-        cores=1,
-        memory_mb=1536,
-        port=_free_port(),
-        web_port=_free_port(),
-    )
-    spark_cluster.start()
-    try:
-        yield spark_cluster
-    finally:
-        spark_cluster.stop()
 
 
 @pytest.fixture(scope="module")

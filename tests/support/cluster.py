@@ -4,7 +4,6 @@ own session stays local), and an executor JVM killed in the middle of a micro-ba
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -16,10 +15,9 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-import yaml
-
 from fitbit_stream.config import Config
 from fitbit_stream.platform.cluster import SparkCluster
+from support.lake import batches, lake_commits, write_config
 
 #: the query whose micro-batch the kill lands in: it commits the silver topic tables, then bronze
 INGEST_QUERY = "bronze_kafka_multiplex"
@@ -38,17 +36,8 @@ class ExecutorKill:
     replacements: set[int] = field(default_factory=set)
 
 
-def _batches(directory: Path) -> list[int]:
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
-
-
 def _silver_commits(lake: Path) -> set[str]:
-    found = set()
-    for log in lake.glob("silver/*/_delta_log"):
-        with contextlib.suppress(FileNotFoundError):
-            found |= {f"silver/{log.parent.name} {p.name}" for p in log.iterdir() if p.name.endswith(".json")}
-    # version 0 only creates the empty table
-    return {c for c in found if c.split()[1][:-5].lstrip("0")}
+    return {c for c in lake_commits(lake) if c.startswith("silver/")}
 
 
 def _kill_an_executor_mid_batch(
@@ -63,7 +52,7 @@ def _kill_an_executor_mid_batch(
             assert len(kill.before) == 2, f"expected an executor per worker, found {kill.before}"
             kill.killed, kill.trigger = kill.before[0], fresh[0]
             os.kill(kill.killed, signal.SIGKILL)
-            kill.planned, kill.committed = _batches(checkpoint / "offsets"), _batches(checkpoint / "commits")
+            kill.planned, kill.committed = batches(checkpoint / "offsets"), batches(checkpoint / "commits")
             break
         time.sleep(0.05)
     while proc.poll() is None:  # the worker replaces the lost executor while the run goes on
@@ -96,8 +85,7 @@ def cluster_drain(
     cluster; in the first, one executor is killed right after the first commit to a silver table."""
 
     def drain(config: Config, run: int) -> str:
-        config_file = base / f"run-{run}.yaml"
-        config_file.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
+        config_file = write_config(config, base / f"run-{run}.yaml")
         log = base / f"run-{run}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
