@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from fitbit_stream.config import Config
 from fitbit_stream.io.cdc_merge import CdcMergeEngine
-from fitbit_stream.io.commits import latest_version
 from fitbit_stream.io.ingest import late_state_keys
 from fitbit_stream.io.merge import insert_if_absent, replace_scopes
 from fitbit_stream.io.silver import LateState
@@ -91,12 +90,7 @@ class BatchTail:
         self._save()
 
     def _version(self, ref: TableRef) -> int | None:
-        # From the log's file names when Python can list them (no Spark job), else Delta's history.
-        version = latest_version(ref)
-        if version is not None:
-            return version
-        row = self.tables.delta(self.spark, ref).history(1).select("version").first()
-        return None if row is None else int(row[0])
+        return self.tables.version(self.spark, ref)
 
     def refresh_user_bins(self, as_of: date) -> None:
         """``user_bins`` as of the job's reference date (recomputed whole: it moves with the date).

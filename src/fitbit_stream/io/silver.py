@@ -14,6 +14,7 @@ folded into one: the table holds a few rows per query, however long the query ru
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -43,6 +44,7 @@ from fitbit_stream.transforms.quality import (
 from fitbit_stream.transforms.workouts import (
     EVENT_KEY,
     SESSION_KEY,
+    SessionStatus,
     classify_sessions,
     completed_sessions,
     first_ingested_events,
@@ -303,40 +305,80 @@ class TopicWriter:
         events = first_ingested_events(good).select(*WORKOUT_EVENTS.fieldNames()).persist()
         classified: DataFrame | None = None
         try:
-            run_side_by_side(
-                spark,
-                [
-                    lambda: insert_if_absent(spark, self.tables, self.events, events, keys=EVENT_KEY, unique=True),
-                    lambda: insert_if_absent(
-                        spark,
-                        self.tables,
-                        self.workouts,
-                        events.select(*WORKOUTS.fieldNames()),
-                        keys=EVENT_KEY,
-                        unique=True,
-                    ),
-                ],
-            )
-            # Pair from the stored events (first ingested ever), not from this batch alone: the
-            # other event of a session may have arrived in any earlier batch.
-            touched = events.select(*SESSION_KEY).distinct()
-            stored = self.tables.read(spark, self.events).join(touched, list(SESSION_KEY), "left_semi")
-            classified = classify_sessions(stored, max_duration=self.rules.max_session).persist()
-            # Checked on the persisted sessions: a MERGE with nothing to insert still costs a commit.
-            completed = completed_sessions(classified)
-            invalid = invalid_sessions(classified, quarantined_at=quarantined_at)
-            writes: list[Callable[[], None]] = []
-            if not completed.isEmpty():
-                writes.append(lambda: insert_if_absent(spark, self.tables, self.completed, completed, keys=SESSION_KEY))
-            if not invalid.isEmpty():
-                writes.append(
-                    lambda: insert_if_absent(spark, self.tables, self.quarantine, invalid, keys=QUARANTINE_KEY)
+            with _events_lock(self.events):
+                # Pair from what the events table holds once this batch's insert commits: the
+                # events stored before it (first ingested ever, read at a pinned version) plus the
+                # batch's events of keys not stored yet. The other event of a session may have
+                # arrived in any earlier batch. Pinned, the pairing runs beside the two inserts
+                # instead of after them; the lock keeps the other ingest query (Kafka or landing)
+                # from storing events in between.
+                touched = events.select(*SESSION_KEY).distinct()
+                stored = self._stored_events(spark).join(touched, list(SESSION_KEY), "left_semi")
+                new = events.join(stored.select(*EVENT_KEY), list(EVENT_KEY), "left_anti")
+                classified = classify_sessions(stored.unionByName(new), max_duration=self.rules.max_session).persist()
+                status = F.col("status")
+                counted: dict[str, int] = {}
+
+                def count() -> None:
+                    row = classified.agg(
+                        F.count(F.when(status == SessionStatus.COMPLETED, F.lit(1))).alias("completed"),
+                        F.count(F.when(status == SessionStatus.INVALID, F.lit(1))).alias("invalid"),
+                    ).first()
+                    counted.update({} if row is None else row.asDict())
+
+                run_side_by_side(
+                    spark,
+                    [
+                        lambda: insert_if_absent(spark, self.tables, self.events, events, keys=EVENT_KEY, unique=True),
+                        lambda: insert_if_absent(
+                            spark,
+                            self.tables,
+                            self.workouts,
+                            events.select(*WORKOUTS.fieldNames()),
+                            keys=EVENT_KEY,
+                            unique=True,
+                        ),
+                        count,
+                    ],
                 )
-            run_side_by_side(spark, writes)
+                # The sessions commit after their events: a batch that fails in between leaves no
+                # session whose events are not stored. A MERGE with nothing to insert still costs
+                # a commit, so the counts decide which run.
+                writes: list[Callable[[], None]] = []
+                if counted.get("completed"):
+                    # classify_sessions leaves one row per session
+                    completed = completed_sessions(classified)
+                    writes.append(
+                        lambda: insert_if_absent(
+                            spark, self.tables, self.completed, completed, keys=SESSION_KEY, unique=True
+                        )
+                    )
+                if counted.get("invalid"):
+                    invalid = invalid_sessions(classified, quarantined_at=quarantined_at)
+                    writes.append(
+                        lambda: insert_if_absent(spark, self.tables, self.quarantine, invalid, keys=QUARANTINE_KEY)
+                    )
+                run_side_by_side(spark, writes)
         finally:
             if classified is not None:
                 classified.unpersist()
             events.unpersist()
+
+    def _stored_events(self, spark: SparkSession) -> DataFrame:
+        version = self.tables.version(spark, self.events)
+        if version is None:  # pragma: no cover - ensure() made the table, so it has version 0
+            return spark.createDataFrame([], WORKOUT_EVENTS)
+        return self.tables.read_at(spark, self.events, version)
+
+
+#: One workout step at a time per ``_workout_events`` table in this process (see ``_workouts``).
+_EVENT_LOCKS: dict[str, threading.Lock] = {}
+_EVENT_LOCKS_GUARD = threading.Lock()
+
+
+def _events_lock(ref: TableRef) -> threading.Lock:
+    with _EVENT_LOCKS_GUARD:
+        return _EVENT_LOCKS.setdefault(str(ref), threading.Lock())
 
 
 @dataclass(frozen=True)

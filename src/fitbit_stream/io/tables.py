@@ -110,6 +110,22 @@ class Tables:
     def read(self, spark: SparkSession, ref: TableRef) -> DataFrame:
         return read_table(spark, ref)
 
+    def version(self, spark: SparkSession, ref: TableRef) -> int | None:
+        """The table's latest committed version: from the log's file names when Python can list
+        them (no Spark job), else Delta's history; None when the table has no commit."""
+        from fitbit_stream.io.commits import latest_version  # commits reads TableRef from here
+
+        version = latest_version(ref)
+        if version is not None:
+            return version
+        row = self.delta(spark, ref).history(1).select("version").first()
+        return None if row is None else int(row[0])
+
+    def read_at(self, spark: SparkSession, ref: TableRef, version: int) -> DataFrame:
+        """The table as of ``version``: pinned, whatever commits after the DataFrame is made."""
+        reader = spark.read.format("delta").option("versionAsOf", str(version))
+        return reader.load(ref.path) if ref.path else reader.table(str(ref.qualified_name))
+
     def read_changes(self, spark: SparkSession, ref: TableRef, *, after: int, through: int) -> DataFrame:
         """The change feed rows of versions ``after + 1`` to ``through`` (both Delta versions)."""
         reader = (
