@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
-.venv/bin/python -m pytest tests "$@"
+.venv/bin/python -m pytest tests --durations=25 "$@"
