@@ -16,6 +16,7 @@ from fitbit_stream.transforms.gold_gym import (
     affected_hours,
     gym_occupancy,
     gym_summary,
+    macs_with_visits_holding,
 )
 from fitbit_stream.transforms.gym import VISIT_KEY
 
@@ -33,6 +34,45 @@ def test_each_table_key_in_its_contract_order() -> None:
     assert GYM_SUMMARY_KEY == ("gym", "mac_address", "login")
     assert OCCUPANCY_KEY == ("gym", "hour")
     assert tuple(GYM_SUMMARY.fieldNames()[: len(GYM_SUMMARY_KEY)]) == GYM_SUMMARY_KEY
+
+
+def test_a_new_session_touches_a_mac_address_only_where_a_closed_visit_holds_its_start(spark: SparkSession) -> None:
+    """CONTRACT.md §2.3: a visit counts its member's sessions with start_time in [login, logout], and
+    only closed visits have rows; so only those sessions can change a gym_summary row."""
+    users = spark.createDataFrame(
+        [
+            (1, 10, AA, ts("2023-01-01 00:00")),
+            (2, 20, BB, ts("2023-01-01 00:00")),
+            (3, 30, CC, ts("2023-01-01 00:00")),
+            (4, 40, None, ts("2023-01-01 00:00")),
+        ],
+        USERS,
+    )
+    logs = spark.createDataFrame(
+        [
+            (AA, 1, ts("2023-06-01 08:00"), ts("2023-06-01 09:00")),  # closed
+            (BB, 1, ts("2023-06-01 08:00"), None),  # open
+            (CC, 1, ts("2023-06-01 08:00"), ts("2023-06-01 09:00")),  # closed
+            (DD, 1, ts("2023-06-01 08:00"), ts("2023-06-01 09:00")),  # nobody's
+        ],
+        GYM_LOGS,
+    )
+    sessions = spark.createDataFrame(
+        [
+            (1, ts("2023-06-01 08:00")),  # at login: held (both ends count)
+            (1, ts("2023-06-01 09:00")),  # at logout: held, AA once
+            (2, ts("2023-06-01 08:30")),  # BB's visit is open: no row to change
+            (3, ts("2023-06-01 09:00:01")),  # after CC's logout: not held
+            (4, ts("2023-06-01 08:30")),  # a member without a mac address
+            (5, ts("2023-06-01 08:30")),  # not a registered user
+        ],
+        "user_id bigint, start_time timestamp",
+    )
+    assert_df_equality(
+        macs_with_visits_holding(sessions, users, logs),
+        spark.createDataFrame([(AA,)], "mac_address string"),
+        ignore_nullable=True,
+    )
 
 
 # --- gym_summary ---------------------------------------------------------------------------------

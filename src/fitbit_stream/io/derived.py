@@ -27,6 +27,7 @@ from fitbit_stream.transforms.gold_gym import (
     affected_hours,
     gym_occupancy,
     gym_summary,
+    macs_with_visits_holding,
 )
 from fitbit_stream.transforms.workouts import SESSION_KEY, sessions_near_readings, workout_bpm
 
@@ -46,6 +47,7 @@ _CHANGE_COLUMNS: dict[str, str] = {
     "workout_id": "int",
     "session_id": "int",
     "time": "timestamp",
+    "start_time": "timestamp",
     "heartrate": "double",
     "valid": "boolean",
 }
@@ -236,16 +238,19 @@ def _gym_summary_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
         completed, users = _completed_and_users(tables, spark)
         visits = tables.read(spark, tables.ref("gym_logs"))
         # A visit's row depends on the visit, on who owns its mac address and on that member's
-        # sessions: recompute every visit of each mac address the batch touched.
-        session_users = _from(batch, "completed_workouts", "user_id")
+        # sessions: recompute every visit of each mac address the batch touched. A new session
+        # touches its member's mac address only when a closed visit there holds its start.
+        sessions = _from(batch, "completed_workouts", "user_id", "start_time")
         macs = (
             _from(batch, "gym_logs", "mac_address")
             .unionByName(_from(batch, "users", "mac_address"))
-            .unionByName(users.join(session_users, ["user_id"], "left_semi").select("mac_address"))
+            .unionByName(macs_with_visits_holding(sessions, users, visits))
             .dropna()
             .distinct()
         )
         with _persisted(macs) as scopes:
+            if scopes.isEmpty():  # no visit's row can change: no scan, no MERGE
+                return
             rows = gym_summary(visits.join(scopes, ["mac_address"], "left_semi"), users, completed)
             replace_scopes(spark, tables, target, rows, scopes=scopes, scope_keys=["mac_address"], keys=GYM_SUMMARY_KEY)
 

@@ -26,6 +26,7 @@ __all__ = [
     "closed_visits",
     "gym_occupancy",
     "gym_summary",
+    "macs_with_visits_holding",
 ]
 
 #: Key of ``gym_summary``, one row per closed visit: (gym, mac_address, login), the columns of the
@@ -123,6 +124,26 @@ def gym_summary(gym_logs_df: DataFrame, users_df: DataFrame, completed_df: DataF
     return summary.select(
         *[derived.get(f.name, F.col(f.name)).cast(f.dataType).alias(f.name) for f in GYM_SUMMARY.fields]
     )
+
+
+def macs_with_visits_holding(sessions_df: DataFrame, users_df: DataFrame, gym_logs_df: DataFrame) -> DataFrame:
+    """The mac addresses (one row each) whose ``gym_summary`` rows some sessions change.
+
+    ``sessions_df`` holds sessions (user_id, start_time), say the newly completed ones. A session
+    counts in a visit's row only when its member's mac address has a closed visit with login <=
+    start_time <= logout (:func:`gym_summary`): a session of a member whose visits are all open, or
+    who has none, changes no row. When such a visit closes later, its ``gym_logs`` change brings the
+    mac address back.
+    """
+    members = users_df.where(F.col("mac_address").isNotNull() & F.col("user_id").isNotNull()).select(
+        "user_id", "mac_address"
+    )
+    starts = sessions_df.select("user_id", "start_time").dropna().join(members, "user_id")
+    visits = closed_visits(gym_logs_df).select(
+        F.col("mac_address").alias("_mac"), F.col("login").alias("_login"), F.col("logout").alias("_logout")
+    )
+    holding = (F.col("mac_address") == F.col("_mac")) & F.col("start_time").between(F.col("_login"), F.col("_logout"))
+    return starts.join(visits, holding, "left_semi").select("mac_address").distinct()
 
 
 def _visit_hours(visits_df: DataFrame) -> DataFrame:
