@@ -89,9 +89,6 @@ class BatchTail:
         self.purge_tombstones()
         self._save()
 
-    def _version(self, ref: TableRef) -> int | None:
-        return self.tables.version(self.spark, ref)
-
     def refresh_user_bins(self, as_of: date) -> None:
         """``user_bins`` as of the job's reference date (recomputed whole: it moves with the date).
 
@@ -100,13 +97,13 @@ class BatchTail:
         """
         spark = self.spark
         source, target = self.tables.ref("user_profile"), self.tables.ref("user_bins")
-        profile = self._version(source)
-        if self._bins == (as_of, profile, self._version(target)):
+        profile = self.tables.version(self.spark, source)
+        if self._bins == (as_of, profile, self.tables.version(self.spark, target)):
             return
         rows = user_bins(self.tables.read(spark, source), as_of=as_of)
         scopes = rows.select("user_id").unionByName(self.tables.read(spark, target).select("user_id"))
         replace_scopes(spark, self.tables, target, rows, scopes=scopes, scope_keys=["user_id"], keys=["user_id"])
-        self._bins = (as_of, profile, self._version(target))
+        self._bins = (as_of, profile, self.tables.version(self.spark, target))
 
     def refresh_date_lookup(self) -> None:
         """Every day of every year of :data:`~fitbit_stream.topology.DATE_LOOKUP_SOURCES`.
@@ -138,7 +135,7 @@ class BatchTail:
 
         wanted: set[int] = set()
         for table, columns in inputs:
-            at = self._version(table)
+            at = self.tables.version(self.spark, table)
             known = memo.get(str(table))
             if known is None or known[0] is None or at is None or known[0] != at:
                 found = None
@@ -151,7 +148,7 @@ class BatchTail:
                 memo[str(table)] = known
             wanted |= known[1]
         target = self.tables.ref("date_lookup")
-        at = self._version(target)
+        at = self.tables.version(self.spark, target)
         held = memo.get(str(target))
         if held is None or held[0] is None or held[0] != at:
             held = (at, years(target, ("date",)))
@@ -161,7 +158,7 @@ class BatchTail:
         missing = sorted(wanted - held[1])
         rows = date_lookup(spark.createDataFrame([(y,) for y in missing], "year int"))
         insert_if_absent(spark, self.tables, target, rows, keys=["date"])
-        memo[str(target)] = (self._version(target), held[1] | frozenset(missing))
+        memo[str(target)] = (self.tables.version(self.spark, target), held[1] | frozenset(missing))
 
     def purge_tombstones(self) -> None:
         """Forget the change log of users deleted longer ago than the tombstone retention.
