@@ -230,6 +230,13 @@ def _local_conf(config: Config) -> dict[str, str]:
         # running it: in A/B runs at 2,000 events/s, gold's p99 was 85 s without it against
         # 105-128 s with it (bench/NOTES.md, session 7). spark_conf can turn it back on.
         "spark.sql.codegen.wholeStage": "false",
+        # The same holds for the code Spark generates per expression (projections, predicates,
+        # orderings): each MERGE and each batch step plans with new literals, so nearly every one
+        # is a cache miss, compiled by Janino and then by the JIT. Evaluated without generated code,
+        # a small replace-scopes MERGE took 1.2-1.5 s against 1.8-2.5 s warm, and at 2,000 events/s
+        # the ingest batch p50 6.5 s against 9.9 s (bench/NOTES.md, session 12). The setting is
+        # Spark's internal switch (its test suites use it); spark_conf can set it back to FALLBACK.
+        "spark.sql.codegen.factoryMode": "NO_CODEGEN",
         # Delta replays its log with 50 tasks by default: far too many for one machine's tables.
         "spark.databricks.delta.snapshotPartitions": "2",
         # Delta 4 keeps a small table's file list in each commit's checksum file. Creating a table

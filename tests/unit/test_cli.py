@@ -221,6 +221,7 @@ def test_a_local_session_is_quiet_and_declares_a_pool_per_query() -> None:
     conf = session._local_conf(load_config(None))
     assert conf["spark.sql.adaptive.enabled"] == "false"
     assert conf["spark.sql.codegen.wholeStage"] == "false"
+    assert conf["spark.sql.codegen.factoryMode"] == "NO_CODEGEN"
     assert conf["spark.scheduler.mode"] == "FAIR"
     pools = Path(conf["spark.scheduler.allocation.file"]).read_text(encoding="utf-8")
     for spec in QUERIES:
