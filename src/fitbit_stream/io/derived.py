@@ -11,7 +11,7 @@ waits for a later event, and a late reading or a profile change corrects the row
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import reduce
 from typing import TYPE_CHECKING
@@ -133,41 +133,63 @@ def _workout_bpm_scopes(batch: DataFrame, completed: DataFrame, users: DataFrame
     return by_reading.unionByName(by_session).unionByName(by_user).distinct()
 
 
-def _write_workout_bpm(tables: Tables, scopes: DataFrame, completed: DataFrame, users: DataFrame) -> None:
-    """Replace the ``workout_bpm`` rows of the sessions in ``scopes`` from the inputs' current state."""
-    spark = scopes.sparkSession
-    heart_rate = tables.read(spark, tables.ref("heart_rate"))
+@dataclass(frozen=True)
+class _NewRows:
+    """The complete ``workout_bpm`` rows of some sessions, and the range their times lie in."""
+
+    rows: DataFrame
+    bounds: tuple[str, str]
+
+
+def _new_workout_bpm(tables: Tables, scopes: DataFrame, completed: DataFrame, users: DataFrame) -> _NewRows | None:
+    """The ``workout_bpm`` rows of the sessions in ``scopes`` from the inputs' current state (None:
+    no completed session is in ``scopes``, so none has or gets a row)."""
     sessions = completed.join(scopes, list(SESSION_KEY), "left_semi")
     # A session's rows lie within its bounds (never changed: completed_workouts is
     # insert-only), so readings and target are read only there: O(batch), not O(table).
     bounds = _session_bounds(sessions)
-    rows = workout_bpm(sessions, _within(heart_rate, "time", bounds), users)
+    if bounds is None:
+        return None
+    heart_rate = tables.read(scopes.sparkSession, tables.ref("heart_rate"))
+    return _NewRows(workout_bpm(sessions, _within(heart_rate, "time", bounds), users), bounds)
+
+
+def _write_workout_bpm(tables: Tables, scopes: DataFrame, new: _NewRows) -> None:
+    """Replace the ``workout_bpm`` rows of the sessions in ``scopes`` with ``new`` (theirs, complete)."""
     replace_scopes(
-        spark,
+        scopes.sparkSession,
         tables,
         tables.ref("workout_bpm"),
-        rows,
+        new.rows,
         scopes=scopes,
         scope_keys=SESSION_KEY,
         keys=(*SESSION_KEY, "time"),
         prune_on="time",
-        prune_bounds=bounds,
+        prune_bounds=new.bounds,
     )
 
 
-def _write_summary(tables: Tables, scopes: DataFrame) -> None:
-    """Replace the ``workout_bpm_summary`` rows of the sessions in ``scopes`` from the inputs'
-    current state (``workout_bpm`` as committed, the profile history)."""
+def _stored_workout_bpm(tables: Tables, scopes: DataFrame, completed: DataFrame) -> DataFrame | None:
+    """The ``workout_bpm`` rows of the sessions in ``scopes`` as the table holds them (None: no
+    completed session is in ``scopes``)."""
+    bounds = _session_bounds(completed.join(scopes, list(SESSION_KEY), "left_semi"))
+    if bounds is None:
+        return None
+    readings = tables.read(scopes.sparkSession, tables.ref("workout_bpm"))
+    return _within(readings, "time", bounds).join(scopes, list(SESSION_KEY), "left_semi")
+
+
+def _write_summary(tables: Tables, scopes: DataFrame, completed: DataFrame, readings: DataFrame | None) -> None:
+    """Replace the ``workout_bpm_summary`` rows of the sessions in ``scopes`` from ``readings`` (every
+    ``workout_bpm`` row of those sessions; None: they have none) and the profile history."""
+    if readings is None:
+        return
     spark = scopes.sparkSession
-    completed = tables.read(spark, tables.ref("completed_workouts"))
-    readings = tables.read(spark, tables.ref("workout_bpm"))
     history = tables.read(spark, tables.ref("user_profile_history"))
     users = scopes.select("user_id").distinct()
-    sessions = completed.join(scopes, list(SESSION_KEY), "left_semi")
-    bounds = _session_bounds(sessions)
     rows = workout_bpm_summary(
-        sessions,
-        _within(readings, "time", bounds).join(scopes, list(SESSION_KEY), "left_semi"),
+        completed.join(scopes, list(SESSION_KEY), "left_semi"),
+        readings.join(scopes, list(SESSION_KEY), "left_semi"),
         history.join(users, ["user_id"], "left_semi"),
     )
     replace_scopes(
@@ -190,7 +212,9 @@ def _workout_bpm_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
     def write(batch: DataFrame, batch_id: int) -> None:
         completed, users = _completed_and_users(tables, batch.sparkSession)
         with _persisted(_workout_bpm_scopes(batch, completed, users)) as scopes:
-            _write_workout_bpm(tables, scopes, completed, users)
+            new = _new_workout_bpm(tables, scopes, completed, users)
+            if new is not None:
+                _write_workout_bpm(tables, scopes, new)
 
     return _cached(write)
 
@@ -205,7 +229,7 @@ def _workout_bpm_summary_writer(tables: Tables) -> Callable[[DataFrame, int], No
             .distinct()
         )
         with _persisted(scopes) as persisted:
-            _write_summary(tables, persisted)
+            _write_summary(tables, persisted, completed, _stored_workout_bpm(tables, persisted, completed))
 
     return _cached(write)
 
@@ -216,16 +240,33 @@ def _workout_chain_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
 
     The summary's sessions are those whose ``workout_bpm`` rows the first MERGE may have replaced
     (every change of a summary's readings is one of those) plus the sessions of users whose profile
-    history changed; the summary reads ``workout_bpm`` as the first MERGE committed it.
+    history changed. The replaced sessions' readings are the rows that MERGE wrote (computed once,
+    kept for both writes); only the other sessions' are read back from ``workout_bpm``.
     """
 
     def write(batch: DataFrame, batch_id: int) -> None:
         completed, users = _completed_and_users(tables, batch.sparkSession)
-        with _persisted(_workout_bpm_scopes(batch, completed, users)) as replaced:
-            _write_workout_bpm(tables, replaced, completed, users)
-            summarised = replaced.unionByName(_sessions_of_history_changes(batch, completed)).distinct()
-            with _persisted(summarised) as scopes:
-                _write_summary(tables, scopes)
+        with ExitStack() as kept:
+            replaced = kept.enter_context(_persisted(_workout_bpm_scopes(batch, completed, users)))
+            readings: list[DataFrame] = []
+            new = _new_workout_bpm(tables, replaced, completed, users)
+            if new is not None:
+                new = _NewRows(kept.enter_context(_persisted(new.rows)), new.bounds)
+                _write_workout_bpm(tables, replaced, new)
+                readings.append(new.rows)
+            profile_only = kept.enter_context(
+                _persisted(
+                    _sessions_of_history_changes(batch, completed)
+                    .join(replaced, list(SESSION_KEY), "left_anti")
+                    .distinct()
+                )
+            )
+            stored = _stored_workout_bpm(tables, profile_only, completed)
+            if stored is not None:
+                readings.append(stored)
+            if readings:
+                scopes = kept.enter_context(_persisted(replaced.unionByName(profile_only)))
+                _write_summary(tables, scopes, completed, reduce(lambda a, b: a.unionByName(b), readings))
 
     return _cached(write)
 
