@@ -48,6 +48,7 @@ from fitbit_stream.bench.search import (
     next_rate,
     nice_rate,
     seconds_per_million,
+    settle,
     soak_windows,
     sustained_rate,
     window_p95,
@@ -562,6 +563,22 @@ def test_a_phase_starting_on_a_loaded_machine_prints_a_warning() -> None:
     )
 
 
+def test_a_phase_waits_for_the_load_an_earlier_phase_left_to_fall_but_not_forever() -> None:
+    loads = iter([3.4, 2.6, 1.9, 1.4, 0.9])
+    slept: list[float] = []
+    assert settle(lambda: next(loads), bound=1.5, limit_seconds=60, sleep=slept.append) == (15.0, 1.4)
+    assert slept == [5.0, 5.0, 5.0]
+    # already quiet: no wait at all
+    slept.clear()
+    assert settle(lambda: 0.4, bound=1.5, limit_seconds=60, sleep=slept.append) == (0.0, 0.4)
+    assert slept == []
+    # a machine that stays busy: the limit, then the phase starts (and warns)
+    assert settle(lambda: 4.0, bound=1.5, limit_seconds=12, sleep=slept.append) == (12.0, 4.0)
+    assert slept == [5.0, 5.0, 2.0]
+    # 0 turns the wait off
+    assert settle(lambda: 4.0, bound=1.5, limit_seconds=0, sleep=slept.append) == (0.0, 4.0)
+
+
 # --- progress, incremental run, options ----------------------------------------------------------
 
 
@@ -631,6 +648,8 @@ def test_bench_options_refuse_what_cannot_be_measured() -> None:
         BenchOptions(scales=(0.05, 0.0))
     with pytest.raises(InvalidConfigError, match="scales"):
         parse_scales("0.05,big")
+    with pytest.raises(InvalidConfigError, match="settle seconds"):
+        BenchOptions(settle_seconds=-1)
 
 
 # --- the load phases in the report and the JSON --------------------------------------------------

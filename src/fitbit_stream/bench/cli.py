@@ -84,6 +84,12 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     )
     add("--scales", default=",".join(f"{s:g}" for s in d.scales), help="scaling: comma-separated drain scales")
     add("--load-warning", type=float, default=d.load_warning, help="warn when a phase starts above this load")
+    add(
+        "--settle-seconds",
+        type=float,
+        default=d.settle_seconds,
+        help="before each phase, wait up to this long for the load to fall below --load-warning (0: never)",
+    )
     add("--work-dir", type=Path, default=d.work_dir, help="broker, tables, checkpoints")
     add("--out", type=Path, default=d.out_dir, help="where the JSON and table go")
     add("--driver-memory", default=d.driver_memory)
@@ -119,6 +125,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         soak_window_seconds=args.soak_window_seconds,
         scales=parse_scales(args.scales),
         load_warning=args.load_warning,
+        settle_seconds=args.settle_seconds,
     )
 
 

@@ -57,6 +57,8 @@ class BenchOptions:
     scales: tuple[float, ...] = (0.05, 0.25, 1.0)
     #: a phase starting with a 1-minute load average above this prints a warning
     load_warning: float = 1.5
+    #: before each phase, wait up to this long for the load to fall to ``load_warning`` (0: never)
+    settle_seconds: float = 120.0
 
     def __post_init__(self) -> None:
         unknown = set(self.phases) - set(PHASES)
@@ -66,6 +68,8 @@ class BenchOptions:
             raise InvalidConfigError(f"bench scale: must be positive, got {self.scale!r} and {list(self.scales)}")
         if "scaling" in self.phases and not self.scales:
             raise InvalidConfigError("bench scales: the scaling phase needs at least one scale")
+        if self.settle_seconds < 0:
+            raise InvalidConfigError(f"bench settle seconds: 0 or more, got {self.settle_seconds!r}")
         if self.rate < 3:
             raise InvalidConfigError(f"bench rate: at least 3 events/s (readings and a session), got {self.rate!r}")
         for phase, name in (("steady", "steady_seconds"), ("sustained", "sustain_seconds"), ("soak", "soak_seconds")):

@@ -58,7 +58,7 @@ from fitbit_stream.bench.report import (
     job_window,
     peak_memory,
 )
-from fitbit_stream.bench.search import load_warning
+from fitbit_stream.bench.search import load_warning, settle
 from fitbit_stream.config import Config, KafkaTopics
 from fitbit_stream.errors import PipelineError
 
@@ -849,7 +849,18 @@ def write_results(result: BenchResult, out_dir: Path) -> tuple[Path, Path]:
 
 @contextmanager
 def _phase(name: str, options: BenchOptions, result: BenchResult, show: Callable[[str], None]) -> Iterator[None]:
-    """Load average before and after the phase; a warning line when it starts on a loaded machine."""
+    """Load average before and after the phase; a warning line when it starts on a loaded machine.
+
+    The phase first waits (up to ``--settle-seconds``) for the load an earlier phase left to fall.
+    """
+    waited, load = settle(
+        lambda: _load_avg()[0],
+        bound=options.load_warning,
+        limit_seconds=options.settle_seconds,
+        sleep=time.sleep,
+    )
+    if waited:
+        show(f"[bench] waited {waited:.0f}s for the machine to settle before {name} (load {load:.2f})")
     before = _load_avg()
     warning = load_warning(before[0], phase=name, bound=options.load_warning)
     if warning is not None:

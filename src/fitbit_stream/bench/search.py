@@ -26,7 +26,7 @@ rate that held.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from fitbit_stream.bench.report import Limit, RateStep, percentile
 
@@ -39,6 +39,7 @@ __all__ = [
     "next_rate",
     "nice_rate",
     "seconds_per_million",
+    "settle",
     "soak_windows",
     "sustained_rate",
     "window_p95",
@@ -201,6 +202,30 @@ def seconds_per_million(seconds: float | None, records: int | None) -> float | N
     if seconds is None or not records:
         return None
     return seconds / records * 1_000_000
+
+
+def settle(
+    load_1min: Callable[[], float],
+    *,
+    bound: float,
+    limit_seconds: float,
+    sleep: Callable[[float], None],
+    step_seconds: float = 5.0,
+) -> tuple[float, float]:
+    """Wait until the 1-minute load average is at most ``bound``, for at most ``limit_seconds``.
+
+    A phase that follows another (the incremental runs right after the drain, a scale after the
+    last) would otherwise start on the load its predecessor left. ``load_1min`` and ``sleep`` are
+    the caller's (the machine's load and clock). Returns the seconds waited and the load it ended at.
+    """
+    waited = 0.0
+    load = load_1min()
+    while load > bound and waited < limit_seconds:
+        pause = min(step_seconds, limit_seconds - waited)
+        sleep(pause)
+        waited += pause
+        load = load_1min()
+    return waited, load
 
 
 def load_warning(load_1min: float, *, phase: str, bound: float = 1.5) -> str | None:
