@@ -132,3 +132,22 @@ def test_workout_bpm_summary_late_reading_and_profile_correction(
         WORKOUT_BPM_SUMMARY,
     )
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_avg_bpm_is_the_exact_mean_whatever_order_the_readings_arrive_in(spark: SparkSession) -> None:
+    # Added as doubles these seven give 108.16999999999997, ...99 or 108.17 depending on their
+    # order. Summed as decimals (Spark turns a double into the shortest decimal that reads back as
+    # it, so 66.92 is 66.92) they make 757.19 in every order, and 757.19 / 7 is 108.17.
+    rates = [66.92, 133.35, 101.11, 97.3, 120.07, 88.41, 150.03]
+    start, end = ts("2024-03-01 08:00:00"), ts("2024-03-01 08:30:00")
+    completed = spark.createDataFrame([(1, 1, 1, start, end)], COMPLETED_WORKOUTS)
+    history = spark.createDataFrame([], USER_PROFILE_HISTORY)
+    means = set()
+    for order in (rates, rates[::-1], sorted(rates), sorted(rates, reverse=True)):
+        readings = spark.createDataFrame(
+            [(1, 1, 1, ts(f"2024-03-01 08:0{i}:00"), start, end, r) for i, r in enumerate(order)], WORKOUT_BPM
+        ).repartition(1)
+        row = workout_bpm_summary(completed, readings, history).select("avg_bpm", "num_recordings").first()
+        assert row is not None
+        means.add((row["avg_bpm"], row["num_recordings"]))
+    assert means == {(108.17, 7)}

@@ -16,6 +16,10 @@ from fitbit_stream.transforms.workouts import SESSION_KEY
 
 __all__ = ["workout_bpm_summary"]
 
+#: Heart rates as decimals for the mean. Spark turns a double into the shortest decimal that reads
+#: back as it (66.92 is 66.92), which 18 places hold; 20 integer digits hold any sum of heart rates.
+_EXACT = "decimal(38,18)"
+
 
 def workout_bpm_summary(completed_df: DataFrame, workout_bpm_df: DataFrame, history_df: DataFrame) -> DataFrame:
     """``completed_workouts`` x ``workout_bpm`` x ``user_profile_history`` -> ``WORKOUT_BPM_SUMMARY``.
@@ -39,7 +43,11 @@ def workout_bpm_summary(completed_df: DataFrame, workout_bpm_df: DataFrame, hist
         .groupBy(*SESSION_KEY)
         .agg(
             F.min("heartrate").alias("min_bpm"),
-            F.avg("heartrate").alias("avg_bpm"),
+            # A sum of doubles depends on the order it adds them in, and the order rows reach an
+            # aggregate depends on files and partitions (a replay, a recompute, a run killed and
+            # restarted). Summed as decimals, exactly, a session's mean is the same however its
+            # readings were written or read: the sum rounded once to a double, divided once.
+            (F.sum(F.col("heartrate").cast(_EXACT)).cast("double") / F.count("heartrate")).alias("avg_bpm"),
             F.max("heartrate").alias("max_bpm"),
             F.count("heartrate").alias("num_recordings"),
         )
