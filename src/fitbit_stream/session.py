@@ -228,7 +228,8 @@ def _local_conf(config: Config) -> dict[str, str]:
         # A micro-batch of tens of thousands of rows spends more compiling whole-stage code (new
         # classes for each plan whose literals differ, batch after batch, then JIT-compiled) than
         # running it: in A/B runs at 2,000 events/s, gold's p99 was 85 s without it against
-        # 105-128 s with it (bench/NOTES.md, session 7). spark_conf can turn it back on.
+        # 105-128 s with it (bench/NOTES.md, session 7). spark_conf can turn it back on, together
+        # with the factory mode below (whose NO_CODEGEN also keeps whole-stage code off).
         "spark.sql.codegen.wholeStage": "false",
         # The same holds for the code Spark generates per expression (projections, predicates,
         # orderings): each MERGE and each batch step plans with new literals, so nearly every one

@@ -702,7 +702,10 @@ def _full_result() -> BenchResult:
         catch_up_seconds=4.0,
     )
     result.scaling = [ScalePoint(0.05, 60_000, 30.0, 500.0, 3.0, 50.0), ScalePoint(1.0, 1_200_000, 240.0, 200.0)]
-    result.phase_load = {"steady": {"before": [0.4, 0.5, 0.6], "after": [1.9, 1.0, 0.7]}}
+    result.phase_load = {
+        "steady": {"before": [0.4, 0.5, 0.6], "after": [1.9, 1.0, 0.7]},
+        "incremental": {"before": [1.4, 2.5, 0.9], "after": [2.3, 2.5, 1.0], "settled_seconds": 65.0},
+    }
     return result
 
 
@@ -740,7 +743,7 @@ def test_every_figure_of_the_issue_is_a_row_with_its_target() -> None:
 
 def test_the_report_prints_the_search_steps_the_runs_the_soak_and_the_sweep() -> None:
     text = format_report(_full_result())
-    assert "load (1 min) per phase: steady 0.40 -> 1.90" in text
+    assert "load (1 min) per phase: steady 0.40 -> 1.90, incremental 1.40 -> 2.30 (after 65s settling)" in text
     assert "sustained rate, pipeline: 6,500 events/s (bracketed; steps of 300s, warm-up 30s" in text
     steps = text.split("sustained rate, pipeline")[1].splitlines()[2:4]
     assert [row.split()[:3] for row in steps] == [["1,000", "1,000", "1.00"], ["8,000", "8,000", "9.00"]]
@@ -772,6 +775,7 @@ def test_the_json_has_every_phase_under_its_key() -> None:
     assert data["scaling"]["largest_over_smallest"] == 0.4
     assert (data["scaling"]["smallest_scale"], data["scaling"]["largest_scale"]) == (0.05, 1.0)
     assert data["phase_load"]["steady"] == {"before": [0.4, 0.5, 0.6], "after": [1.9, 1.0, 0.7]}
+    assert data["phase_load"]["incremental"]["settled_seconds"] == 65.0
     assert {t["key"] for t in data["targets"]} >= {"sustained_rate", "incremental_nothing_new", "soak_batch_p95"}
 
 

@@ -99,3 +99,57 @@ def test_a_reading_reaches_workout_bpm_and_the_summary_in_one_batch_and_a_profil
     assert after["workout_bpm_summary"] == before["workout_bpm_summary"] + 1
     rows = table(spark, config, "workout_bpm_summary").select("city", "num_recordings").collect()
     assert [tuple(r) for r in rows] == [("Dallas", 2)]
+
+
+def test_one_batch_empties_a_session_whose_member_changed_device_and_corrects_another_members_profile(
+    spark: SparkSession, world: tuple[Config, Tables]
+) -> None:
+    config, tables = world
+    write = derived_writer(("workout_bpm", "workout_bpm_summary")).make_writer(tables)
+    # a second member (device 102) with a session of her own, both members with two readings in theirs
+    tables.append(spark.createDataFrame([(2, 102, "aa:bb:cc:dd:ee:02", at(9))], USERS), tables.ref("users"))
+    tables.append(spark.createDataFrame([(2, 7, 1, START, END)], COMPLETED_WORKOUTS), tables.ref("completed_workouts"))
+    tables.append(
+        spark.createDataFrame([(2, *version("Austin", at(0, day=2), None)[1:])], USER_PROFILE_HISTORY),
+        tables.ref("user_profile_history"),
+    )
+    readings = [
+        (101, at(10, 20), 100.0, True),
+        (101, at(10, 30), 110.0, True),
+        (102, at(10, 20), 90.0, True),
+        (102, at(10, 30), 80.0, True),
+    ]
+    tables.append(spark.createDataFrame(readings, HEART_RATE), tables.ref("heart_rate"))
+    sessions = [(1, 5, 1, START, END), (2, 7, 1, START, END)]
+    write(changes(spark, "completed_workouts", sessions, COMPLETED_WORKOUTS), 0)
+    summary = ["user_id", "workout_id", "city", "min_bpm", "max_bpm", "num_recordings"]
+    assert sorted(tuple(r) for r in table(spark, config, "workout_bpm_summary").select(*summary).collect()) == [
+        (1, 5, "Austin", 100.0, 110.0, 2),
+        (2, 7, "Austin", 80.0, 90.0, 2),
+    ]
+
+    # a reading of a device with no completed session around it: nothing to recompute, no commit
+    before = versions(spark, tables)
+    stray = [(101, at(12), 70.0, True)]
+    tables.append(spark.createDataFrame(stray, HEART_RATE), tables.ref("heart_rate"))
+    write(changes(spark, "heart_rate", stray, HEART_RATE), 1)
+    assert versions(spark, tables) == before
+
+    # one batch: member 1 now wears device 999 (no readings: her session loses its rows and its
+    # summary row), member 2 moved to Dallas before her session (only her profile history changed)
+    tables.delta(spark, tables.ref("users")).update("user_id = 1", {"device_id": "999"})
+    history = tables.delta(spark, tables.ref("user_profile_history"))
+    history.update("user_id = 2", {"valid_to": "TIMESTAMP'2025-03-03 08:00:00'"})
+    moved = (2, *version("Dallas", at(8), None)[1:])
+    tables.append(spark.createDataFrame([moved], USER_PROFILE_HISTORY), tables.ref("user_profile_history"))
+    batch = changes(spark, "users", [(1, 999, "aa:bb:cc:dd:ee:01", at(9))], USERS).unionByName(
+        changes(spark, "user_profile_history", [moved], USER_PROFILE_HISTORY)
+    )
+    write(batch, 2)
+    assert sorted(tuple(r) for r in table(spark, config, "workout_bpm").collect()) == [
+        (2, 7, 1, at(10, 20), START, END, 90.0),
+        (2, 7, 1, at(10, 30), START, END, 80.0),
+    ]
+    assert [tuple(r) for r in table(spark, config, "workout_bpm_summary").select(*summary).collect()] == [
+        (2, 7, "Dallas", 80.0, 90.0, 2)
+    ]

@@ -491,8 +491,9 @@ class BenchResult:
     incremental: IncrementalFigures | None = None
     soak: SoakFigures | None = None
     scaling: list[ScalePoint] = field(default_factory=list)
-    #: per phase: the load average (1, 5, 15 min) before and after it
-    phase_load: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    #: per phase: the load average (1, 5, 15 min) before and after it, and the seconds it waited
+    #: for the machine to settle first (``settled_seconds``)
+    phase_load: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: per stage: where the time went (durationMs phases, top Spark jobs)
     profile: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -835,6 +836,7 @@ def format_report(result: BenchResult) -> str:
             "load (1 min) per phase: "
             + ", ".join(
                 f"{phase} {_load(load.get('before'))} -> {_load(load.get('after'))}"
+                + (f" (after {load['settled_seconds']:.0f}s settling)" if load.get("settled_seconds") else "")
                 for phase, load in result.phase_load.items()
             )
         )

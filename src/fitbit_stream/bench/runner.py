@@ -800,6 +800,7 @@ def _scaling(
         )
         show(f"[bench] scaling: drain at scale {scale:g}")
         backlog = _preload(config, options, scale=scale, broker=broker, show=show)
+        _settle(options, show, f"the drain at scale {scale:g}")
         copy_figures = (
             kafka_to_delta_copy(
                 spark, config, path=str(root / "copy"), checkpoint=str(root / "checkpoints" / BASELINE_COPY)
@@ -853,14 +854,7 @@ def _phase(name: str, options: BenchOptions, result: BenchResult, show: Callable
 
     The phase first waits (up to ``--settle-seconds``) for the load an earlier phase left to fall.
     """
-    waited, load = settle(
-        lambda: _load_avg()[0],
-        bound=options.load_warning,
-        limit_seconds=options.settle_seconds,
-        sleep=time.sleep,
-    )
-    if waited:
-        show(f"[bench] waited {waited:.0f}s for the machine to settle before {name} (load {load:.2f})")
+    waited = _settle(options, show, name)
     before = _load_avg()
     warning = load_warning(before[0], phase=name, bound=options.load_warning)
     if warning is not None:
@@ -870,7 +864,21 @@ def _phase(name: str, options: BenchOptions, result: BenchResult, show: Callable
     try:
         yield
     finally:
-        result.phase_load[name] = {"before": before, "after": _load_avg()}
+        result.phase_load[name] = {"before": before, "after": _load_avg(), "settled_seconds": waited}
+
+
+def _settle(options: BenchOptions, show: Callable[[str], None], what: str) -> float:
+    """Wait (up to ``--settle-seconds``) for the load the work before ``what`` left to fall; the
+    seconds waited."""
+    waited, load = settle(
+        lambda: _load_avg()[0],
+        bound=options.load_warning,
+        limit_seconds=options.settle_seconds,
+        sleep=time.sleep,
+    )
+    if waited:
+        show(f"[bench] waited {waited:.0f}s for the machine to settle before {what} (load {load:.2f})")
+    return waited
 
 
 def run_bench(base: Config, options: BenchOptions, *, show: Callable[[str], None] = print) -> BenchResult:

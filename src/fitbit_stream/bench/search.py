@@ -214,9 +214,10 @@ def settle(
 ) -> tuple[float, float]:
     """Wait until the 1-minute load average is at most ``bound``, for at most ``limit_seconds``.
 
-    A phase that follows another (the incremental runs right after the drain, a scale after the
-    last) would otherwise start on the load its predecessor left. ``load_1min`` and ``sleep`` are
-    the caller's (the machine's load and clock). Returns the seconds waited and the load it ended at.
+    A phase that follows another (the incremental runs right after the drain), or a scale's drain
+    right after its backlog was produced, would otherwise start on the load left before it.
+    ``load_1min`` and ``sleep`` are the caller's (the machine's load and clock). Returns the seconds
+    waited and the load it ended at.
     """
     waited = 0.0
     load = load_1min()
