@@ -73,3 +73,38 @@ def test_rows_are_folded_so_the_table_stays_small_and_replays_keep_their_thresho
     replay.record(spark, "q", 9, _micros(T0 + timedelta(seconds=9)))
     assert replay.previous_max(spark, "q", 10) == T0 + timedelta(seconds=9)
     assert LateState(tables, spark).previous_max(spark, "q", 10) == T0 + timedelta(seconds=9)
+
+
+def test_several_queries_record_in_one_commit_and_a_replay_writes_nothing(spark: SparkSession, tables: Tables) -> None:
+    state = LateState(tables, spark)
+    state.record_many(spark, [("k/bpm", 0, _micros(T0)), ("k/workout", 0, _micros(T0 - timedelta(minutes=5)))])
+    first = tables.version(spark, state.ref)
+    # one topic raises its maximum, one has nothing accepted, one a lower maximum: one row, one commit
+    state.record_many(
+        spark,
+        [
+            ("k/bpm", 1, _micros(T0 + timedelta(seconds=10))),
+            ("k/workout", 1, None),
+            ("k/user_info", 1, None),
+        ],
+    )
+    assert tables.version(spark, state.ref) == (first or 0) + 1
+    # nothing new for any topic: no commit
+    state.record_many(spark, [("k/bpm", 2, _micros(T0)), ("k/workout", 2, None)])
+    assert tables.version(spark, state.ref) == (first or 0) + 1
+    # a restarted query replays batch 1: the same thresholds, nothing written
+    replay = LateState(tables, spark)
+    assert replay.previous_max(spark, "k/bpm", 1) == T0
+    assert replay.previous_max(spark, "k/workout", 1) == T0 - timedelta(minutes=5)
+    replay.record_many(spark, [("k/bpm", 1, _micros(T0 + timedelta(seconds=10))), ("k/workout", 1, None)])
+    assert tables.version(spark, state.ref) == (first or 0) + 1
+    assert replay.previous_max(spark, "k/bpm", 2) == T0 + timedelta(seconds=10)
+    expected = spark.createDataFrame(
+        [
+            ("k/bpm", 0, T0.replace(tzinfo=None)),
+            ("k/workout", 0, (T0 - timedelta(minutes=5)).replace(tzinfo=None)),
+            ("k/bpm", 1, (T0 + timedelta(seconds=10)).replace(tzinfo=None)),
+        ],
+        EVENT_TIME_STATE,
+    )
+    assert_df_equality(tables.read(spark, state.ref), expected, ignore_row_order=True, ignore_nullable=True)

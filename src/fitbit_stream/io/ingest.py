@@ -2,8 +2,10 @@
 
 The Kafka query and the landing query each run an :class:`IngestWriter`: per micro-batch, the
 records of each topic present go through that topic's silver writer (parse, ``future``, ``late``,
-quarantine, MERGE; :class:`~fitbit_stream.io.silver.TopicWriter`), the topics side by side, and
-then the whole batch is appended to ``kafka_multiplex_bz``. A reading is in silver one batch after
+quarantine, MERGE; :class:`~fitbit_stream.io.silver.TopicWriter`), the topics side by side, with
+one ``quarantine`` MERGE and one late-state commit for all of them
+(:class:`~fitbit_stream.io.silver.BatchShare`), and then the whole batch is appended to
+``kafka_multiplex_bz``. A reading is in silver one batch after
 it is in Kafka, not two (no second query reading bronze back), and a batch with nothing for a
 table commits nothing to it.
 
@@ -21,6 +23,7 @@ Exactly once:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -32,7 +35,7 @@ from fitbit_stream.errors import PipelineError
 from fitbit_stream.io.guard import checkpoint_id
 from fitbit_stream.io.live import LATENCY
 from fitbit_stream.io.parallel import run_side_by_side
-from fitbit_stream.io.silver import TopicWriter
+from fitbit_stream.io.silver import BatchShare, LateState, TopicWriter
 from fitbit_stream.io.tables import TableRef, Tables
 from fitbit_stream.topology import KINDS, queries
 from fitbit_stream.transforms.parse import PayloadKind
@@ -113,20 +116,34 @@ class SilverTopics:
     def __init__(self, spark: SparkSession, config: Config, query: str) -> None:
         topics = config.kafka.topics
         self.kind_of: dict[str, PayloadKind] = {getattr(topics, kind): kind for kind in KINDS}
-        self.writers = {kind: TopicWriter(spark, config, kind, state_key(query, kind)) for kind in KINDS}
+        self.tables = Tables(config)
+        self.quarantine = self.tables.ensure(spark, "quarantine")
+        self.late = LateState(self.tables, spark)
+        self.writers = {
+            kind: TopicWriter(spark, config, kind, state_key(query, kind), late=self.late) for kind in KINDS
+        }
 
     def __call__(self, rows: DataFrame, batch_id: int, *, present: set[str]) -> None:
         """Write the topics in ``present`` (topic names) of ``rows``, side by side.
 
-        Each topic writes its own tables; the quarantine, which they share, retries Delta's
-        concurrent-commit conflicts. A topic's failure is raised once every topic has ended.
+        Each topic writes its own tables; their rejected records go to ``quarantine`` in one MERGE
+        and their maxima to the late state in one commit (:class:`BatchShare`), beside the topics'
+        own writes. A topic's failure is raised once every write has ended.
         """
+        kinds = [kind for topic, kind in self.kind_of.items() if topic in present]
+        share = BatchShare(kinds)
         work: list[Callable[[], None]] = []
         for topic, kind in self.kind_of.items():
             if topic in present:
                 mine = rows.filter(F.col("topic") == topic)
-                work.append(lambda mine=mine, kind=kind: self.writers[kind](mine, batch_id))  # type: ignore[misc]
-        run_side_by_side(rows.sparkSession, work)
+                write = functools.partial(self.writers[kind], mine, batch_id, share=share)
+                work.append(functools.partial(share.run_topic, kind, write))
+        spark = rows.sparkSession
+        work.append(lambda: share.write(spark, self.tables, self.quarantine, self.late, batch_id))
+        try:
+            run_side_by_side(spark, work)
+        finally:
+            share.release()
 
 
 class IngestWriter:

@@ -15,15 +15,18 @@ folded into one: the table holds a few rows per query, however long the query ru
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import reduce
 from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
 from fitbit_stream.config import Config
+from fitbit_stream.errors import PipelineError
 from fitbit_stream.io.cdc_merge import CdcMergeEngine
 from fitbit_stream.io.merge import insert_if_absent, replace_scopes, with_conflict_retry
 from fitbit_stream.io.parallel import run_side_by_side
@@ -58,6 +61,7 @@ __all__ = [
     "EVENT_TIME_STATE",
     "QUARANTINE_KEY",
     "WORKOUT_EVENTS",
+    "BatchShare",
     "LateState",
     "RegistrationsWriter",
     "SilverRules",
@@ -166,22 +170,39 @@ class LateState:
 
         Idempotent: a replayed batch (its row already there) writes nothing.
         """
-        known = self._state(spark, query, batch_id)
-        below, rows = known.below, known.rows
-        if known.recorded:
-            following = known.through
-        elif maximum is None or (below is not None and maximum <= below):
-            following = below
-        else:
-            following = maximum
-            state = [(query, batch_id, maximum)]
-            if below is not None and rows + 1 > self.FOLD_AFTER:
-                self._replace(spark, query, batch_id, [(query, batch_id - 1, below), *state])
-                rows = 2
+        self.record_many(spark, [(query, batch_id, maximum)])
+
+    def record_many(self, spark: SparkSession, entries: Sequence[tuple[str, int, int | None]]) -> None:
+        """:meth:`record` for several queries (each ``(query, batch id, maximum)``) in one commit.
+
+        The rows of the queries that need one go in a single append (an ingest batch's topics: one
+        commit instead of one per topic); a query due for folding replaces its rows on its own.
+        """
+        appended: list[tuple[str, int, int]] = []
+        folds: list[tuple[str, int, list[tuple[str, int, int]]]] = []
+        after: dict[str, _Known] = {}
+        for query, batch_id, maximum in entries:
+            known = self._state(spark, query, batch_id)
+            below, rows = known.below, known.rows
+            if known.recorded:
+                following = known.through
+            elif maximum is None or (below is not None and maximum <= below):
+                following = below
             else:
-                self._tables.append(self._rows(spark, state), self.ref)
-                rows += 1
-        self._known[query] = _Known(batch_id + 1, following, following, False, rows)
+                following = maximum
+                state = (query, batch_id, maximum)
+                if below is not None and rows + 1 > self.FOLD_AFTER:
+                    folds.append((query, batch_id, [(query, batch_id - 1, below), state]))
+                    rows = 2
+                else:
+                    appended.append(state)
+                    rows += 1
+            after[query] = _Known(batch_id + 1, following, following, False, rows)
+        if appended:
+            self._tables.append(self._rows(spark, appended), self.ref)
+        for query, batch_id, rows_of in folds:
+            self._replace(spark, query, batch_id, rows_of)
+        self._known.update(after)
 
     def _rows(self, spark: SparkSession, rows: list[tuple[str, int, int]]) -> DataFrame:
         # Built from unix micros in Spark: no round trip through the Python process's time zone.
@@ -228,12 +249,21 @@ class SilverRules:
 class TopicWriter:
     """``foreachBatch`` function of one topic's silver query."""
 
-    def __init__(self, spark: SparkSession, config: Config, kind: PayloadKind, query_name: str) -> None:
+    def __init__(
+        self,
+        spark: SparkSession,
+        config: Config,
+        kind: PayloadKind,
+        query_name: str,
+        *,
+        late: LateState | None = None,
+    ) -> None:
         self.kind = kind
         self.query_name = query_name
         self.tables = Tables(config)
         self.rules = SilverRules.of(config)
-        self.late = LateState(self.tables, spark)
+        # shared by the topics of one ingest query, whose batch records their maxima in one commit
+        self.late = late if late is not None else LateState(self.tables, spark)
         self.quarantine = self.tables.ensure(spark, "quarantine")
         if kind == "bpm":
             self.heart_rate = self.tables.ensure(spark, "heart_rate")
@@ -250,7 +280,13 @@ class TopicWriter:
                 changes=self.tables.ref("_user_profile_changes", layer="silver"),
             )
 
-    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+    def __call__(self, batch: DataFrame, batch_id: int, *, share: BatchShare | None = None) -> None:
+        """Write one micro-batch of this topic's records.
+
+        With ``share`` (the topics of one ingest batch), the quarantine rows and the batch's maximum
+        go to ``share``, which writes every topic's in one quarantine MERGE and one late-state
+        commit, beside this topic's own writes; ``share`` also releases the parsed batch.
+        """
         spark = batch.sparkSession
         threshold = late_threshold(self.late.previous_max(spark, self.query_name, batch_id), horizon=self.rules.horizon)
         checked = (
@@ -264,13 +300,14 @@ class TopicWriter:
             # which writes have anything to do. Never an action on ``batch`` itself: each would read
             # the source again (and count its rows twice in the query's progress).
             stats = _stats(checked)
+            if share is not None:
+                share.deliver(self.kind, _Checked(self.query_name, checked, stats))
             # The batch's writes go to different tables and do not depend on each other: side by
             # side. The late state is keyed by batch id, so recording it beside the other writes
             # (rather than after them) leaves a replay of this batch the same threshold.
             writes: list[Callable[[], None]] = []
-            if stats.rejected:
-                bad = to_quarantine(rejected(checked), quarantined_at=F.current_timestamp())
-                # to_quarantine leaves one row per quarantine key
+            if stats.rejected and share is None:
+                bad = quarantine_rows(checked)
                 writes.append(
                     lambda: insert_if_absent(spark, self.tables, self.quarantine, bad, keys=QUARANTINE_KEY, unique=True)
                 )
@@ -295,10 +332,16 @@ class TopicWriter:
                     writes.append(lambda: self._workouts(spark, good, F.current_timestamp()))
                 else:
                     writes.append(lambda: self.cdc.apply(good, batch_id))
-            writes.append(lambda: self.late.record(spark, self.query_name, batch_id, stats.max_micros))
+            if share is None:
+                writes.append(lambda: self.late.record(spark, self.query_name, batch_id, stats.max_micros))
             run_side_by_side(spark, writes)
+        except BaseException:
+            if share is not None and not share.delivered(self.kind):
+                checked.unpersist()  # share releases only what it was given
+            raise
         finally:
-            checked.unpersist()
+            if share is None:
+                checked.unpersist()
 
     def _workouts(self, spark: SparkSession, good: DataFrame, quarantined_at: Column) -> None:
         # first_ingested_events leaves one row per event key (the first ingested of this batch)
@@ -369,6 +412,75 @@ class TopicWriter:
         if version is None:  # pragma: no cover - ensure() made the table, so it has version 0
             return spark.createDataFrame([], WORKOUT_EVENTS)
         return self.tables.read_at(spark, self.events, version)
+
+
+def quarantine_rows(checked: DataFrame) -> DataFrame:
+    """A topic batch's rejected records as ``quarantine`` rows (one per quarantine key)."""
+    return to_quarantine(rejected(checked), quarantined_at=F.current_timestamp())
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """One topic's parsed and flagged micro-batch (persisted), with its statistics."""
+
+    query: str
+    rows: DataFrame
+    stats: _BatchStats
+
+
+class BatchShare:
+    """The writes an ingest batch's topics share: one ``quarantine`` MERGE with every topic's
+    rejected records, and one ``_event_time_state`` commit with every topic's maximum.
+
+    Each topic's :class:`TopicWriter` delivers its parsed batch once it has its statistics (a topic
+    run through :meth:`run_topic` that fails or returns first delivers its failure); :meth:`write`,
+    run beside the topics' own writes, waits for every topic and writes; :meth:`release`, once all
+    have ended, unpersists the parsed batches. Per topic these are the rows the topic writes alone
+    (``layered`` mode), so a replayed batch writes nothing again.
+    """
+
+    def __init__(self, kinds: Sequence[PayloadKind]) -> None:
+        self._delivered: dict[PayloadKind, Future[_Checked]] = {kind: Future() for kind in kinds}
+
+    def deliver(self, kind: PayloadKind, checked: _Checked) -> None:
+        self._delivered[kind].set_result(checked)
+
+    def delivered(self, kind: PayloadKind) -> bool:
+        return self._delivered[kind].done()
+
+    def fail(self, kind: PayloadKind, exc: BaseException) -> None:
+        """``kind`` will deliver nothing (it failed before, or returned without): no-op once done."""
+        future = self._delivered[kind]
+        if not future.done():
+            future.set_exception(exc)
+
+    def run_topic(self, kind: PayloadKind, write: Callable[[], None]) -> None:
+        """Run a topic's ``write``; whatever happens, :meth:`write` does not wait for it in vain."""
+        try:
+            write()
+        except BaseException as exc:
+            self.fail(kind, exc)
+            raise
+        self.fail(kind, PipelineError(f"the {kind} writer delivered nothing to share"))
+
+    def write(self, spark: SparkSession, tables: Tables, quarantine: TableRef, late: LateState, batch_id: int) -> None:
+        # a topic that failed before delivering: nothing shared is written
+        checked = [future.result() for future in self._delivered.values()]
+        bad = [quarantine_rows(c.rows) for c in checked if c.stats.rejected]
+        steps: list[Callable[[], None]] = [
+            lambda: late.record_many(spark, [(c.query, batch_id, c.stats.max_micros) for c in checked])
+        ]
+        if bad:
+            # to_quarantine leaves one row per key, and the topics' keys differ
+            every = reduce(lambda left, right: left.unionByName(right), bad)
+            steps.append(lambda: insert_if_absent(spark, tables, quarantine, every, keys=QUARANTINE_KEY, unique=True))
+        run_side_by_side(spark, steps)
+
+    def release(self) -> None:
+        """Unpersist the parsed batches delivered (once every write that reads them has ended)."""
+        for future in self._delivered.values():
+            if future.done() and future.exception() is None:
+                future.result().rows.unpersist()
 
 
 #: One workout step at a time per ``_workout_events`` table in this process (see ``_workouts``).
