@@ -1,9 +1,11 @@
 """An ingest batch's topics share two writes: every topic's rejected records go to ``quarantine``
 in one MERGE and every topic's greatest accepted event time to the late state in one commit; a
-replayed batch writes neither again, and a topic that fails leaves neither written."""
+replayed batch writes neither again, a topic that fails before its records are parsed (or never
+hands them over) leaves neither written, and every parsed batch is released."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -42,6 +44,12 @@ RECORDS: list[Record] = [
 ]
 
 
+def _cached(spark: SparkSession) -> int:
+    """How many RDDs the session holds persisted, leaving out Delta's own cache of table states."""
+    persisted = spark.sparkContext._jsc.getPersistentRDDs().values()  # type: ignore[union-attr]
+    return sum(1 for rdd in persisted if not str(rdd.name() or "").startswith("Delta Table State"))
+
+
 def _commits(world: Config, layer: str, name: str) -> int:
     return len(list((Path(world.storage.root) / layer / name / "_delta_log").glob("*.json")))
 
@@ -62,7 +70,9 @@ def test_the_topics_quarantine_and_late_state_commit_once_per_batch_and_a_replay
     rows = batch(spark, RECORDS, at(10, 30))
     quarantine_before = _commits(world, "silver", "quarantine")
     state_before = _commits(world, "ops", "_event_time_state")
+    cached = _cached(spark)
     topics(rows, 0, present={"bpm", "workout"})
+    assert _cached(spark) == cached  # the parsed batches are released once every write has ended
     assert _rows(spark, world, "quarantine", "topic", "offset", "reason") == [
         ("bpm", 1, "malformed_json"),
         ("workout", 3, "schema_violation"),
@@ -93,13 +103,45 @@ def test_a_topic_that_fails_or_delivers_nothing_leaves_the_shared_writes_unwritt
 
     quarantine_before = _commits(world, "silver", "quarantine")
     state_before = _commits(world, "ops", "_event_time_state")
+    cached = _cached(spark)
     topics.writers["workout"] = broken  # type: ignore[assignment]
     with pytest.raises(RuntimeError, match="the workout writer broke"):
         topics(rows, 0, present={"bpm", "workout"})
     topics.writers["workout"] = lambda *args, **kwargs: None  # type: ignore[assignment]
     with pytest.raises(PipelineError, match="the workout writer delivered nothing to share"):
         topics(rows, 0, present={"bpm", "workout"})
+    assert _cached(spark) == cached  # the bpm batch it was given is released all the same
     # the bpm topic's own write went ahead; the shared ones waited for a workout batch that never came
     assert _rows(spark, world, "heart_rate", "device_id", "time", "heartrate") == [(101, at(10, 20), 100.0)]
     assert _commits(world, "silver", "quarantine") == quarantine_before
     assert _commits(world, "ops", "_event_time_state") == state_before
+
+
+def test_a_topic_whose_thread_fails_before_its_writer_runs_does_not_leave_the_shared_step_waiting(
+    spark: SparkSession, world: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fitbit_stream.io import parallel
+
+    topics = SilverTopics(spark, world, QUERY)
+    workout_writer = topics.writers["workout"]
+    real = parallel.inheritable_thread_target
+
+    def failing_set_up(session: SparkSession) -> Callable[[Callable[[], None]], Callable[[], None]]:
+        wrap = real(session)
+
+        def target(step: Callable[[], None]) -> Callable[[], None]:
+            if getattr(step, "func", None) is workout_writer:  # as when the context stops meanwhile
+
+                def set_up_failed() -> None:
+                    raise RuntimeError("the thread's set-up failed")
+
+                return set_up_failed
+            return wrap(step)  # type: ignore[no-any-return]
+
+        return target
+
+    monkeypatch.setattr(parallel, "inheritable_thread_target", failing_set_up)
+    quarantine_before = _commits(world, "silver", "quarantine")
+    with pytest.raises(RuntimeError, match="the thread's set-up failed"):
+        topics(batch(spark, RECORDS, at(10, 30)), 0, present={"bpm", "workout"})
+    assert _commits(world, "silver", "quarantine") == quarantine_before

@@ -79,7 +79,7 @@ def test_several_queries_record_in_one_commit_and_a_replay_writes_nothing(spark:
     state = LateState(tables, spark)
     state.record_many(spark, [("k/bpm", 0, _micros(T0)), ("k/workout", 0, _micros(T0 - timedelta(minutes=5)))])
     first = tables.version(spark, state.ref)
-    # one topic raises its maximum, one has nothing accepted, one a lower maximum: one row, one commit
+    # one topic raises its maximum, two have nothing accepted: one row, one commit
     state.record_many(
         spark,
         [
@@ -108,3 +108,31 @@ def test_several_queries_record_in_one_commit_and_a_replay_writes_nothing(spark:
         EVENT_TIME_STATE,
     )
     assert_df_equality(tables.read(spark, state.ref), expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_query_folded_in_a_shared_commit_keeps_the_other_queries_rows(spark: SparkSession, tables: Tables) -> None:
+    state = LateState(tables, spark)
+    state.FOLD_AFTER = 2
+    for batch_id in range(4):  # both raise their maximum every batch; "a" from batch 2 on folds
+        state.record_many(
+            spark,
+            [
+                ("a", batch_id, _micros(T0 + timedelta(seconds=batch_id))),
+                ("b", batch_id, _micros(T0 + timedelta(minutes=batch_id))) if batch_id < 2 else ("b", batch_id, None),
+            ],
+        )
+    expected = spark.createDataFrame(
+        [
+            ("a", 2, (T0 + timedelta(seconds=2)).replace(tzinfo=None)),
+            ("a", 3, (T0 + timedelta(seconds=3)).replace(tzinfo=None)),
+            ("b", 0, T0.replace(tzinfo=None)),
+            ("b", 1, (T0 + timedelta(minutes=1)).replace(tzinfo=None)),
+        ],
+        EVENT_TIME_STATE,
+    )
+    assert_df_equality(tables.read(spark, state.ref), expected, ignore_row_order=True, ignore_nullable=True)
+    # a restarted query reads the same thresholds after the folds
+    again = LateState(tables, spark)
+    assert again.previous_max(spark, "a", 3) == T0 + timedelta(seconds=2)
+    assert again.previous_max(spark, "a", 4) == T0 + timedelta(seconds=3)
+    assert again.previous_max(spark, "b", 4) == T0 + timedelta(minutes=1)

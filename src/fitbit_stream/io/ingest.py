@@ -116,6 +116,7 @@ class SilverTopics:
     def __init__(self, spark: SparkSession, config: Config, query: str) -> None:
         topics = config.kafka.topics
         self.kind_of: dict[str, PayloadKind] = {getattr(topics, kind): kind for kind in KINDS}
+        self.topic_of: dict[PayloadKind, str] = {kind: topic for topic, kind in self.kind_of.items()}
         self.tables = Tables(config)
         self.quarantine = self.tables.ensure(spark, "quarantine")
         self.late = LateState(self.tables, spark)
@@ -133,15 +134,15 @@ class SilverTopics:
         kinds = [kind for topic, kind in self.kind_of.items() if topic in present]
         share = BatchShare(kinds)
         work: list[Callable[[], None]] = []
-        for topic, kind in self.kind_of.items():
-            if topic in present:
-                mine = rows.filter(F.col("topic") == topic)
-                write = functools.partial(self.writers[kind], mine, batch_id, share=share)
-                work.append(functools.partial(share.run_topic, kind, write))
+        ended: dict[int, Callable[[BaseException | None], None]] = {}
+        for kind in kinds:
+            mine = rows.filter(F.col("topic") == self.topic_of[kind])
+            ended[len(work)] = functools.partial(share.ended, kind)
+            work.append(functools.partial(self.writers[kind], mine, batch_id, share=share))
         spark = rows.sparkSession
         work.append(lambda: share.write(spark, self.tables, self.quarantine, self.late, batch_id))
         try:
-            run_side_by_side(spark, work)
+            run_side_by_side(spark, work, when_done=ended)
         finally:
             share.release()
 

@@ -9,8 +9,9 @@ carries over).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from pyspark import inheritable_thread_target
 from pyspark.sql import SparkSession
@@ -18,16 +19,39 @@ from pyspark.sql import SparkSession
 __all__ = ["run_side_by_side"]
 
 
-def run_side_by_side(spark: SparkSession, steps: Sequence[Callable[[], None]]) -> None:
+def run_side_by_side(
+    spark: SparkSession,
+    steps: Sequence[Callable[[], None]],
+    *,
+    when_done: Mapping[int, Callable[[BaseException | None], None]] | None = None,
+) -> None:
     """Run ``steps`` concurrently (one alone runs inline); the first failure is raised once all
-    have ended, so no write is left running behind the error."""
+    have ended, so no write is left running behind the error.
+
+    ``when_done[i]`` is called with step ``i``'s failure (None: it returned) as soon as it ends,
+    however it ends, including a failure of the thread's set-up before the step itself ran.
+    """
+    callbacks = when_done or {}
     if len(steps) <= 1:
-        for step in steps:
-            step()
+        for index, step in enumerate(steps):
+            try:
+                step()
+            except BaseException as exc:
+                if index in callbacks:
+                    callbacks[index](exc)
+                raise
+            if index in callbacks:
+                callbacks[index](None)
         return
     with ThreadPoolExecutor(len(steps)) as pool:
         futures = [pool.submit(inheritable_thread_target(spark)(step)) for step in steps]
+        for index, callback in callbacks.items():
+            futures[index].add_done_callback(functools.partial(_report, callback))
         errors = [f.exception() for f in futures]
     for error in errors:
         if error is not None:
             raise error
+
+
+def _report(callback: Callable[[BaseException | None], None], future: Future[None]) -> None:
+    callback(future.exception())

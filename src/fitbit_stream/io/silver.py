@@ -198,11 +198,14 @@ class LateState:
                     appended.append(state)
                     rows += 1
             after[query] = _Known(batch_id + 1, following, following, False, rows)
+        folding = {query for query, _, _ in folds}
         if appended:
             self._tables.append(self._rows(spark, appended), self.ref)
+        # known as soon as committed: a failing fold below leaves the others' state right
+        self._known.update({query: known for query, known in after.items() if query not in folding})
         for query, batch_id, rows_of in folds:
             self._replace(spark, query, batch_id, rows_of)
-        self._known.update(after)
+            self._known[query] = after[query]
 
     def _rows(self, spark: SparkSession, rows: list[tuple[str, int, int]]) -> DataFrame:
         # Built from unix micros in Spark: no round trip through the Python process's time zone.
@@ -432,8 +435,9 @@ class BatchShare:
     """The writes an ingest batch's topics share: one ``quarantine`` MERGE with every topic's
     rejected records, and one ``_event_time_state`` commit with every topic's maximum.
 
-    Each topic's :class:`TopicWriter` delivers its parsed batch once it has its statistics (a topic
-    run through :meth:`run_topic` that fails or returns first delivers its failure); :meth:`write`,
+    Each topic's :class:`TopicWriter` delivers its parsed batch once it has its statistics; a topic
+    step that ends without delivering (failed, or returned) is reported by :meth:`ended`, and
+    :meth:`write` fails instead of waiting for it. :meth:`write`,
     run beside the topics' own writes, waits for every topic and writes; :meth:`release`, once all
     have ended, unpersists the parsed batches. Per topic these are the rows the topic writes alone
     (``layered`` mode), so a replayed batch writes nothing again.
@@ -454,14 +458,10 @@ class BatchShare:
         if not future.done():
             future.set_exception(exc)
 
-    def run_topic(self, kind: PayloadKind, write: Callable[[], None]) -> None:
-        """Run a topic's ``write``; whatever happens, :meth:`write` does not wait for it in vain."""
-        try:
-            write()
-        except BaseException as exc:
-            self.fail(kind, exc)
-            raise
-        self.fail(kind, PipelineError(f"the {kind} writer delivered nothing to share"))
+    def ended(self, kind: PayloadKind, exc: BaseException | None) -> None:
+        """``kind``'s step has ended (``exc``: how it failed): if it delivered nothing, :meth:`write`
+        fails instead of waiting for it."""
+        self.fail(kind, exc if exc is not None else PipelineError(f"the {kind} writer delivered nothing to share"))
 
     def write(self, spark: SparkSession, tables: Tables, quarantine: TableRef, late: LateState, batch_id: int) -> None:
         # a topic that failed before delivering: nothing shared is written
