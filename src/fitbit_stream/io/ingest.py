@@ -116,7 +116,6 @@ class SilverTopics:
     def __init__(self, spark: SparkSession, config: Config, query: str) -> None:
         topics = config.kafka.topics
         self.kind_of: dict[str, PayloadKind] = {getattr(topics, kind): kind for kind in KINDS}
-        self.topic_of: dict[PayloadKind, str] = {kind: topic for topic, kind in self.kind_of.items()}
         self.tables = Tables(config)
         self.quarantine = self.tables.ensure(spark, "quarantine")
         self.late = LateState(self.tables, spark)
@@ -131,12 +130,12 @@ class SilverTopics:
         and their maxima to the late state in one commit (:class:`BatchShare`), beside the topics'
         own writes. A topic's failure is raised once every write has ended.
         """
-        kinds = [kind for topic, kind in self.kind_of.items() if topic in present]
-        share = BatchShare(kinds)
+        mine_of = {kind: topic for topic, kind in self.kind_of.items() if topic in present}
+        share = BatchShare(list(mine_of))
         work: list[Callable[[], None]] = []
         ended: dict[int, Callable[[BaseException | None], None]] = {}
-        for kind in kinds:
-            mine = rows.filter(F.col("topic") == self.topic_of[kind])
+        for kind, topic in mine_of.items():
+            mine = rows.filter(F.col("topic") == topic)
             ended[len(work)] = functools.partial(share.ended, kind)
             work.append(functools.partial(self.writers[kind], mine, batch_id, share=share))
         spark = rows.sparkSession

@@ -435,11 +435,11 @@ class BatchShare:
     """The writes an ingest batch's topics share: one ``quarantine`` MERGE with every topic's
     rejected records, and one ``_event_time_state`` commit with every topic's maximum.
 
-    Each topic's :class:`TopicWriter` delivers its parsed batch once it has its statistics; a topic
-    step that ends without delivering (failed, or returned) is reported by :meth:`ended`, and
-    :meth:`write` fails instead of waiting for it. :meth:`write`,
-    run beside the topics' own writes, waits for every topic and writes; :meth:`release`, once all
-    have ended, unpersists the parsed batches. Per topic these are the rows the topic writes alone
+    Each topic's :class:`TopicWriter` delivers its parsed batch once it has its statistics.
+    :meth:`write`, run beside the topics' own writes, waits for every topic and writes; a topic step
+    that ends without delivering (failed, or returned) is reported by :meth:`ended`, and
+    :meth:`write` then fails instead of waiting. :meth:`release`, once all have ended, unpersists
+    the parsed batches. Per topic these are the rows the topic writes alone
     (``layered`` mode), so a replayed batch writes nothing again.
     """
 
@@ -452,16 +452,12 @@ class BatchShare:
     def delivered(self, kind: PayloadKind) -> bool:
         return self._delivered[kind].done()
 
-    def fail(self, kind: PayloadKind, exc: BaseException) -> None:
-        """``kind`` will deliver nothing (it failed before, or returned without): no-op once done."""
-        future = self._delivered[kind]
-        if not future.done():
-            future.set_exception(exc)
-
     def ended(self, kind: PayloadKind, exc: BaseException | None) -> None:
         """``kind``'s step has ended (``exc``: how it failed): if it delivered nothing, :meth:`write`
         fails instead of waiting for it."""
-        self.fail(kind, exc if exc is not None else PipelineError(f"the {kind} writer delivered nothing to share"))
+        future = self._delivered[kind]
+        if not future.done():
+            future.set_exception(exc or PipelineError(f"the {kind} writer delivered nothing to share"))
 
     def write(self, spark: SparkSession, tables: Tables, quarantine: TableRef, late: LateState, batch_id: int) -> None:
         # a topic that failed before delivering: nothing shared is written
