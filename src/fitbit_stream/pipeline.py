@@ -369,7 +369,7 @@ class Pipeline:
                         except Exception as exc:  # what already runs still ends cleanly
                             failure = exc
                             break
-                else:
+                if failure is not None:  # nothing new starts, not even the rest of this round
                     pending.clear()
                 if not running:
                     if pending:  # pragma: no cover - every table a step reads is written before it

@@ -342,6 +342,31 @@ def test_a_failed_query_surfaces_as_a_pipeline_error(spark: SparkSession, tmp_pa
         query.stop()
 
 
+def test_a_query_that_fails_to_start_is_the_error_even_with_others_ready_beside_it(
+    spark: SparkSession, world: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two queries of the same round (as the two Kafka queries are): the first cannot start
+    from pyspark.sql.streaming import StreamingQuery
+
+    from fitbit_stream.pipeline import _Step
+
+    started: list[str] = []
+
+    def refuse() -> StreamingQuery:
+        raise PipelineError("kafka data loss: topic 'bpm' partition 0: offsets 10..14")
+
+    def start_other() -> StreamingQuery:
+        started.append("other")
+        raise AssertionError("a query started after another failed to start")
+
+    steps = [_Step("first", (), ("heart_rate",), start=refuse), _Step("second", (), ("workouts",), start=start_other)]
+    pipeline = Pipeline(spark, world)
+    monkeypatch.setattr(pipeline, "_steps", lambda *args: steps)
+    with pytest.raises(PipelineError, match="kafka data loss"):
+        pipeline.run_once(as_of=date(2025, 6, 1))
+    assert started == []
+
+
 def test_a_drain_runs_independent_queries_side_by_side_and_never_before_their_inputs(
     spark: SparkSession, world: Config
 ) -> None:
