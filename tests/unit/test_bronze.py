@@ -275,3 +275,29 @@ def test_sql_ingest_lands_every_row_version_once(spark: SparkSession, sqlite_con
     tables = Tables(sqlite_config)
     schema = tables.read(spark, tables.ref("gym_logins_bz")).schema
     assert [(f.name, f.dataType) for f in schema] == [(f.name, f.dataType) for f in GYM_LOGINS_BZ]
+
+
+def test_an_sql_poll_whose_executor_was_lost_polls_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fitbit_stream.io import bronze
+
+    calls: list[str] = []
+
+    def poll(spark: object, config: object, logical: str) -> int:
+        calls.append(logical)
+        if len(calls) == 1:
+            raise RuntimeError("[CHECKPOINT_RDD_BLOCK_ID_NOT_FOUND] Checkpoint block rdd_567_1 not found!")
+        return 3
+
+    monkeypatch.setattr(bronze, "_poll_once", poll)
+    assert bronze._ingest_one(None, None, "gym_logins") == 3  # type: ignore[arg-type]
+    assert calls == ["gym_logins", "gym_logins"]
+
+    def broken(spark: object, config: object, logical: str) -> int:
+        calls.append(logical)
+        raise RuntimeError("relation gym_logins does not exist")
+
+    calls.clear()
+    monkeypatch.setattr(bronze, "_poll_once", broken)
+    with pytest.raises(RuntimeError, match="does not exist"):
+        bronze._ingest_one(None, None, "gym_logins")  # type: ignore[arg-type]
+    assert calls == ["gym_logins"]  # any other failure is raised at once

@@ -338,7 +338,31 @@ def new_versions(observed: DataFrame, bronze: DataFrame, columns: list[str]) -> 
     return distinct.join(seen, _null_safe_all(distinct, seen, columns), "left_anti")
 
 
+#: Spark's error when an executor that held a local checkpoint's blocks was lost.
+_LOST_CHECKPOINT = "CHECKPOINT_RDD_BLOCK_ID_NOT_FOUND"
+_POLL_ATTEMPTS = 3
+
+
 def _ingest_one(spark: SparkSession, config: Config, logical: str) -> int:
+    """Append the new row versions of one SQL table; polled again when an executor holding the
+    poll's rows is lost before the append commits (on a cluster). Nothing was appended then (a
+    Delta append commits whole or not at all), and the new poll compares with bronze again."""
+    for attempt in range(1, _POLL_ATTEMPTS + 1):
+        try:
+            return _poll_once(spark, config, logical)
+        except Exception as exc:  # py4j wraps Spark's errors: match on the message
+            if attempt == _POLL_ATTEMPTS or _LOST_CHECKPOINT not in str(exc):
+                raise
+            log.warning(
+                "bronze_sql %s: an executor holding the polled rows was lost; polling again (attempt %d/%d)",
+                logical,
+                attempt + 1,
+                _POLL_ATTEMPTS,
+            )
+    raise PipelineError("bronze_sql: unreachable")  # pragma: no cover
+
+
+def _poll_once(spark: SparkSession, config: Config, logical: str) -> int:
     tables = Tables(config)
     ref = tables.ensure(spark, f"{logical}_bz")
     shape = registered_users_to_bronze if logical == "registered_users" else gym_logins_to_bronze
