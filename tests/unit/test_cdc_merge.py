@@ -181,6 +181,36 @@ def test_contract_cases_split_over_batches_replay_and_one_batch(spark: SparkSess
     _assert_tables(spark, one, EXPECTED_PROFILES, EXPECTED_HISTORY)
 
 
+def test_a_batch_whose_log_append_failed_is_completed_by_its_replay(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The log append and the two MERGEs run side by side: the MERGEs derive the batch's keys from
+    # the log plus the batch itself, so they commit the right rows even when the append fails.
+    engine = _engine(spark, tmp_path)
+    engine.apply(changes_df(spark, BATCH0), 0)
+    batch1 = changes_df(spark, BATCH1)
+    appended = engine._append_log
+
+    def lost(changes: DataFrame) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(engine, "_append_log", lost)
+    with pytest.raises(OSError, match="disk full"):
+        engine.apply(batch1, 1)
+    assert engine.changes.path is not None
+    assert _read(spark, engine.changes).filter(F.col("_cdc_batch_id") == 1).isEmpty()
+    _assert_tables(spark, engine, EXPECTED_PROFILES, EXPECTED_HISTORY)
+
+    # the replay appends the changes and changes nothing in either table
+    monkeypatch.setattr(engine, "_append_log", appended)
+    before = {ref.name: _version(spark, ref) for ref in (engine.profile, engine.history)}
+    engine.apply(batch1, 1)
+    assert _read(spark, engine.changes).filter(F.col("_cdc_batch_id") == 1).count() == len(BATCH1)
+    _assert_tables(spark, engine, EXPECTED_PROFILES, EXPECTED_HISTORY)
+    for ref in (engine.profile, engine.history):
+        assert all(changed == 0 for _, _, changed in _changed_rows(spark, ref, before[ref.name])), ref.name
+
+
 def test_tombstones_block_stale_updates_until_purged_and_history_survives_the_purge(
     spark: SparkSession, tmp_path: Path
 ) -> None:
