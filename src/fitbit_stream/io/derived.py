@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 
 from fitbit_stream.io.merge import replace_scopes
+from fitbit_stream.io.parallel import run_side_by_side
 from fitbit_stream.io.tables import Tables
 from fitbit_stream.transforms.gold_bpm import workout_bpm_summary
 from fitbit_stream.transforms.gold_gym import (
@@ -238,22 +239,26 @@ def _workout_chain_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
     """``workout_bpm`` and then its summary from ONE micro-batch (``realtime`` mode): a reading
     reaches gold one derived batch after silver, not two.
 
-    The summary's sessions are those whose ``workout_bpm`` rows the first MERGE may have replaced
-    (every change of a summary's readings is one of those) plus the sessions of users whose profile
-    history changed. The replaced sessions' readings are the rows that MERGE wrote (computed once,
-    kept for both writes); only the other sessions' are read back from ``workout_bpm``.
+    The summary's sessions are those whose ``workout_bpm`` rows the first MERGE may replace (every
+    change of a summary's readings is one of those) plus the sessions of users whose profile
+    history changed. The replaced sessions' readings are the rows that MERGE writes (computed once,
+    kept for both writes); only the other sessions' are read back from ``workout_bpm``. So neither
+    MERGE reads what the other writes, and they run side by side; a batch that fails after one of
+    them committed is replayed and computes the same rows.
     """
 
     def write(batch: DataFrame, batch_id: int) -> None:
-        completed, users = _completed_and_users(tables, batch.sparkSession)
+        spark = batch.sparkSession
+        completed, users = _completed_and_users(tables, spark)
         with ExitStack() as kept:
             replaced = kept.enter_context(_persisted(_workout_bpm_scopes(batch, completed, users)))
             readings: list[DataFrame] = []
+            writes: list[Callable[[], None]] = []
             new = _new_workout_bpm(tables, replaced, completed, users)
             if new is not None:
-                new = _NewRows(kept.enter_context(_persisted(new.rows)), new.bounds)
-                _write_workout_bpm(tables, replaced, new)
-                readings.append(new.rows)
+                rows = _NewRows(kept.enter_context(_persisted(new.rows)), new.bounds)
+                writes.append(lambda: _write_workout_bpm(tables, replaced, rows))
+                readings.append(rows.rows)
             profile_only = kept.enter_context(
                 _persisted(
                     _sessions_of_history_changes(batch, completed)
@@ -266,7 +271,11 @@ def _workout_chain_writer(tables: Tables) -> Callable[[DataFrame, int], None]:
                 readings.append(stored)
             if readings:
                 scopes = kept.enter_context(_persisted(replaced.unionByName(profile_only)))
-                _write_summary(tables, scopes, completed, reduce(lambda a, b: a.unionByName(b), readings))
+                summary = reduce(lambda a, b: a.unionByName(b), readings)
+                writes.append(lambda: _write_summary(tables, scopes, completed, summary))
+            # The summary reads the rows the first MERGE writes, not the table, and the sessions
+            # it reads back from ``workout_bpm`` are none of those: the two MERGEs run side by side.
+            run_side_by_side(spark, writes)
 
     return _cached(write)
 
