@@ -93,7 +93,7 @@ class QueryFactory:
         """
         with scheduler_pool(self.spark, spec.name):
             if spec.source == "kafka":
-                return start_kafka_bronze(self.spark, self.config, trigger=trigger)
+                return start_kafka_bronze(self.spark, self.config, spec, trigger=trigger)
             if spec.source == "landing":
                 return start_landing_bronze(self.spark, self.config, trigger=trigger)
             source, writer = self._source_and_writer(spec, source_options)

@@ -20,15 +20,14 @@ from pyspark.sql import functions as F
 
 from fitbit_stream.config import Config
 from fitbit_stream.errors import PipelineError
-from fitbit_stream.io.bronze import KAFKA_BRONZE_QUERY
 from fitbit_stream.io.guard import read_checkpoint
-from fitbit_stream.io.ingest import KINDS, SilverTopics, enabled_ingest_queries, state_key
+from fitbit_stream.io.ingest import KINDS, SilverTopics, enabled_ingest_queries, ingest_queries, state_key
 from fitbit_stream.io.merge import with_conflict_retry
 from fitbit_stream.io.silver import QUARANTINE_KEY, LateState
 from fitbit_stream.io.tables import TableRef, Tables, is_uri
 from fitbit_stream.queries import BatchWriter, QueryFactory, await_query
 from fitbit_stream.recompute import COMPARED_TABLES
-from fitbit_stream.topology import INTERNAL_TABLES, TOPIC_QUERIES, checkpointed
+from fitbit_stream.topology import INTERNAL_TABLES, TOPIC_QUERIES, Kind, checkpointed
 from fitbit_stream.transforms.quality import LATE
 
 if TYPE_CHECKING:
@@ -169,24 +168,32 @@ def _rederive_in_batch(
 ) -> None:
     """``realtime`` mode: the ingest queries' topic writers over all of bronze, as one batch.
 
-    The ``late`` state is recorded under each enabled ingest query's last committed batch: its next
-    batch judges lateness against everything bronze held, as if the rebuild had been that batch.
+    Each topic is written under the first enabled ingest query that reads it (the Kafka one when
+    none is enabled), its ``late`` state recorded under that query's last committed batch; every
+    other enabled query reading the topic gets the same state under its own last batch. The next
+    batch of each judges lateness against everything bronze held, as if the rebuild had been that
+    batch.
     """
     bronze = tables.read(spark, tables.ref("kafka_multiplex_bz"))
     if keep_late:
         bronze = _without_late(bronze, tables)
-    # Every enabled ingest query gets the state (the Kafka one when none is enabled).
-    first, *others = enabled_ingest_queries(config) or [KAFKA_BRONZE_QUERY]
+    first: dict[Kind, str] = {}
+    others: dict[Kind, list[str]] = {}
+    for kind in KINDS:
+        readers = enabled_ingest_queries(config, kind) or [q.name for q in ingest_queries(kind) if q.source == "kafka"]
+        first[kind], others[kind] = readers[0], readers[1:]
     rows = bronze.persist()
     try:
         present = {str(r["topic"]) for r in rows.select("topic").distinct().collect()}
-        SilverTopics(spark, config, first)(rows, _last_batch(spark, tables, first), present=present)
+        for query in dict.fromkeys(first.values()):
+            mine = {kind: query for kind, q in first.items() if q == query}
+            SilverTopics(spark, config, mine)(rows, _last_batch(spark, tables, query), present=present)
     finally:
         rows.unpersist()
     state = LateState(tables, spark)
     for kind in KINDS:
-        latest = state.previous_max(spark, state_key(first, kind), sys.maxsize)
-        for other in others:
+        latest = state.previous_max(spark, state_key(first[kind], kind), sys.maxsize)
+        for other in others[kind]:
             micros = None if latest is None else (latest - _EPOCH) // timedelta(microseconds=1)
             state.record(spark, state_key(other, kind), _last_batch(spark, tables, other), micros)
     progress(f"silver topic tables: re-derived from bronze ({', '.join(sorted(present)) or 'no records'})")

@@ -19,6 +19,8 @@ __all__ = [
     "DATE_LOOKUP_SOURCES",
     "INGEST_WRITES",
     "INTERNAL_TABLES",
+    "KAFKA_INGEST_LAYERED",
+    "KAFKA_INGEST_REALTIME",
     "KINDS",
     "QUERIES",
     "TAIL",
@@ -32,6 +34,7 @@ __all__ = [
     "QuerySpec",
     "SourceKind",
     "checkpointed",
+    "ingest_writes",
     "queries",
     "query",
     "select_jobs",
@@ -72,6 +75,8 @@ class QuerySpec:
     evidence: tuple[str, ...] = ()
     #: the payload kind of a ``bronze_topic`` query (``layered`` mode)
     kind: Kind | None = None
+    #: the payload kinds (topics) an ingest query (``kafka``, ``landing``) reads
+    kinds: tuple[Kind, ...] = ()
 
     @property
     def streaming(self) -> bool:
@@ -116,21 +121,43 @@ TOPIC_WRITES: dict[Kind, tuple[str, ...]] = {
 #: The table whose rows prove a topic writer committed a batch (the checkpoint guard's evidence).
 TOPIC_EVIDENCE: dict[Kind, str] = {"user_info": "user_profile_history", "bpm": "heart_rate", "workout": "workouts"}
 
-#: What an ingest query writes from one micro-batch in ``realtime`` mode: the silver topic tables,
-#: then bronze (``io.ingest``); a record reaches silver in one hop.
-INGEST_WRITES = (*dict.fromkeys(t for kind in KINDS for t in TOPIC_WRITES[kind]), "kafka_multiplex_bz")
+def ingest_writes(kinds: Iterable[Kind]) -> tuple[str, ...]:
+    """What an ingest query reading ``kinds`` writes from one micro-batch in ``realtime`` mode: their
+    silver topic tables, then bronze (``io.ingest``); a record reaches silver in one hop."""
+    return (*dict.fromkeys(t for kind in kinds for t in TOPIC_WRITES[kind]), "kafka_multiplex_bz")
+
+
+INGEST_WRITES = ingest_writes(KINDS)
 
 Mode = Literal["realtime", "layered"]
 
+#: ``realtime`` mode reads Kafka with two queries: the 1 Hz readings on their own, and the
+#: low-volume topics whose writes take several commits in a row (the CDC engine's three, workout
+#: events then sessions). A reading's micro-batch never waits for those chains, so ``heart_rate``
+#: lags Kafka by one short batch.
+KAFKA_INGEST_REALTIME: tuple[tuple[str, tuple[Kind, ...]], ...] = (
+    ("bronze_kafka_bpm", ("bpm",)),
+    ("bronze_kafka_user_info_workout", ("user_info", "workout")),
+)
+#: ``layered`` mode's one Kafka query (bronze only; the topic queries read it back).
+KAFKA_INGEST_LAYERED = "bronze_kafka_multiplex"
+
 
 def _ingest(mode: Mode) -> tuple[QuerySpec, ...]:
-    writes = INGEST_WRITES if mode == "realtime" else ("quarantine", "kafka_multiplex_bz")
+    bronze = ("kafka_multiplex_bz",)
+    if mode == "layered":
+        writes = ("quarantine", "kafka_multiplex_bz")
+        kafka = (QuerySpec(KAFKA_INGEST_LAYERED, "bronze", "kafka", (), writes, bronze, kinds=KINDS),)
+    else:
+        writes = INGEST_WRITES
+        kafka = tuple(
+            QuerySpec(name, "bronze", "kafka", (), ingest_writes(kinds), bronze, kinds=kinds)
+            for name, kinds in KAFKA_INGEST_REALTIME
+        )
     return (
-        QuerySpec("bronze_kafka_multiplex", "bronze", "kafka", (), writes, ("kafka_multiplex_bz",)),
-        # Reads bronze: on a new checkpoint it skips what bronze holds, so it starts after the Kafka query.
-        QuerySpec(
-            "bronze_landing_multiplex", "bronze", "landing", ("kafka_multiplex_bz",), writes, ("kafka_multiplex_bz",)
-        ),
+        *kafka,
+        # Reads bronze: on a new checkpoint it skips what bronze holds, so it starts after the Kafka queries.
+        QuerySpec("bronze_landing_multiplex", "bronze", "landing", bronze, writes, bronze, kinds=KINDS),
     )
 
 
@@ -217,7 +244,10 @@ def queries(mode: Mode = "realtime") -> tuple[QuerySpec, ...]:
 #: The queries of the default mode.
 QUERIES: tuple[QuerySpec, ...] = queries()
 #: Every query name either mode uses, with its spec (names are checkpoint directories).
-ALL_QUERIES: tuple[QuerySpec, ...] = (*queries("realtime"), *TOPIC_QUERIES, *WORKOUT_QUERIES_LAYERED)
+ALL_QUERIES: tuple[QuerySpec, ...] = (
+    *queries("realtime"),
+    *(q for q in queries("layered") if q.name not in {r.name for r in queries("realtime")}),
+)
 
 
 _BY_NAME = {q.name: q for q in ALL_QUERIES}

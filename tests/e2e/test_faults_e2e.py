@@ -54,7 +54,6 @@ from fitbit_stream.generator import (
     emit,
 )
 from fitbit_stream.io import guard
-from fitbit_stream.io.bronze import KAFKA_BRONZE_QUERY
 from fitbit_stream.io.silver import TopicWriter
 from fitbit_stream.io.tables import Tables
 from fitbit_stream.pipeline import Pipeline, RunReport
@@ -82,22 +81,35 @@ IGNORED = frozenset({"load_time", "quarantined_at"})
 # topic query's batch can end without.
 
 
+#: the mid-batch rounds: a kill after a commit to a silver table of a Kafka ingest query's batch
+MID_BATCH_ROUNDS = 3
+#: ``realtime`` mode reads Kafka with two queries (the readings, and the other two topics)
+KAFKA_QUERIES = tuple(name for name, _ in topology.KAFKA_INGEST_REALTIME)
+BPM_QUERY = next(name for name, kinds in topology.KAFKA_INGEST_REALTIME if "bpm" in kinds)
+
+
 def _stages() -> tuple[tuple[str, tuple[str, ...], bool], ...]:
     """(stage, "<layer>/<table>" it commits to, mid_batch) for every query of a drain, from the
     declared topology (``realtime`` mode, landing off), in the order the drain can start them.
 
-    The Kafka ingest query commits its silver topic tables and then bronze in one micro-batch: it
-    is a stage (a kill after any of its commits), and three times a mid-batch stage (a kill after a
-    commit to one of its silver tables, before bronze and the checkpoint record the batch).
+    A Kafka ingest query commits its silver topic tables and then bronze in one micro-batch: it is
+    a stage (a kill after any of its commits, bronze's included). After them come
+    :data:`MID_BATCH_ROUNDS` mid-batch stages: a kill after a commit to a silver table of either
+    Kafka query, before its bronze append and its checkpoint record the batch.
     """
     specs = [q for q in topology.queries("realtime") if q.source != "landing"]
+    # bronze is every Kafka query's last commit: each one's stage keeps it
     shared = {t for q in specs for t in q.writes if sum(t in other.writes for other in specs) > 1}
+    shared.discard("kafka_multiplex_bz")
 
     def paths(tables: list[str]) -> tuple[str, ...]:
         return tuple(f"{topology.INTERNAL_TABLES.get(t) or TABLES[t].layer}/{t}" for t in tables)
 
+    order = [n for wave in topology.waves(specs) for n in wave]
+    last_kafka = [n for n in order if topology.query(n).source == "kafka"][-1]
     out = []
-    for name in [n for wave in topology.waves(specs) for n in wave]:
+    silver: list[str] = []
+    for name in order:
         spec = topology.query(name)
         own = [t for t in spec.writes if t not in shared]
         # the SQL poll appends its two tables one after the other: kill between the two appends
@@ -109,13 +121,15 @@ def _stages() -> tuple[tuple[str, tuple[str, ...], bool], ...]:
             continue
         out.append((name, paths(own), False))
         if spec.source == "kafka":
-            silver = [t for t in own if t != "kafka_multiplex_bz"]
-            out += [(name, paths(silver), True)] * 3
+            silver += [t for t in own if t != "kafka_multiplex_bz"]
+            if name == last_kafka:
+                out += [("kafka ingest, mid-batch", paths(silver), True)] * MID_BATCH_ROUNDS
     return tuple(out)
 
 
 STAGES = _stages()
-OWNER = {table: stage for stage, tables, _ in STAGES for table in tables}
+#: the query that commits to each table (the mid-batch stages name no single query)
+OWNER = {table: stage for stage, tables, mid in STAGES if not mid for table in tables}
 #: the last stage that writes heart_rate: a round after it has the first poison records in silver
 LAST_HEART_RATE_STAGE = max(i for i, (_, tables, _) in enumerate(STAGES) if "silver/heart_rate" in tables)
 # The subprocess pipelines: C1 only and no code generation cost a quarter less CPU on
@@ -417,9 +431,9 @@ def test_data_lost_to_retention_stops_the_pipeline_unless_accepted(spark: SparkS
 
     def run(config: Config) -> int:
         # what the pipeline's start-up does: check (and register) the checkpoints, then drain
-        guard.check(spark, config, Tables(config), [KAFKA_BRONZE_QUERY])
+        guard.check(spark, config, Tables(config), [BPM_QUERY])
         pipeline = pipelines.setdefault(config.kafka.fail_on_data_loss, Pipeline(spark, config))
-        return rows_read(pipeline.run_once(layers="bronze"))[KAFKA_BRONZE_QUERY]
+        return rows_read(pipeline.run_once(layers="bronze"))[BPM_QUERY]
 
     send(0, 10)
     assert run(config) == 10
@@ -438,17 +452,17 @@ def test_data_lost_to_retention_stops_the_pipeline_unless_accepted(spark: SparkS
     assert_df_equality(
         tables.read(spark, tables.ref("_kafka_gaps", layer="ops")).drop("detected_at"),
         spark.createDataFrame(
-            [(KAFKA_BRONZE_QUERY, topics["bpm"], 0, 10, 14)],
+            [(BPM_QUERY, topics["bpm"], 0, 10, 14)],
             "query string, topic string, partition int, from_offset bigint, to_offset bigint",
         ),
         ignore_nullable=True,
     )
 
     # the bronze checkpoint is lost: refused; reset, it resumes after what bronze holds
-    shutil.rmtree(Path(config.storage.checkpoint_root) / KAFKA_BRONZE_QUERY)
-    with pytest.raises(PipelineError, match=f"{KAFKA_BRONZE_QUERY}: its checkpoint .* is missing"):
+    shutil.rmtree(Path(config.storage.checkpoint_root) / BPM_QUERY)
+    with pytest.raises(PipelineError, match=f"{BPM_QUERY}: its checkpoint .* is missing"):
         run(config)
-    assert guard.check(spark, config, tables, [KAFKA_BRONZE_QUERY], reset=True) == [KAFKA_BRONZE_QUERY]
+    assert guard.check(spark, config, tables, [BPM_QUERY], reset=True) == [BPM_QUERY]
     send(20, 3)
     assert run(config) == 3  # a new checkpoint reads nothing twice and skips nothing
     assert bronze_offsets() == [*range(10), *range(15, 23)]
@@ -720,7 +734,7 @@ def test_sigkill_rounds_leave_every_table_as_a_fault_free_run(spark: SparkSessio
     # the kills right after a silver commit inside the ingest query's micro-batch caught the batch
     # unrecorded
     inside = [k for k in kills if k.mid_batch]
-    assert len(inside) == min(ROUNDS, 3)
+    assert len(inside) == min(ROUNDS, MID_BATCH_ROUNDS)
     for kill in inside:
         assert kill.uncommitted.get(kill.stage) is not None, f"round {kill.round}: killed after {kill.trigger}: {kill}"
     # the rounds reached every layer of the drain
@@ -895,7 +909,7 @@ def recovered(spark: SparkSession, env: Env, drained: Drained) -> Recovered:
 
 
 def test_a_replayed_micro_batch_changes_nothing(recovered: Recovered, spark: SparkSession) -> None:
-    assert {KAFKA_BRONZE_QUERY, "derived_gym_summary", "derived_workout_bpm_and_summary"} <= recovered.replayed.keys()
+    assert {*KAFKA_QUERIES, "derived_gym_summary", "derived_workout_bpm_and_summary"} <= recovered.replayed.keys()
     checkpoints = Path(recovered.config.storage.checkpoint_root)
     for name, batch in recovered.replayed.items():
         assert batch in batches(checkpoints / name / "commits"), f"{name}: batch {batch} was not replayed"
@@ -903,7 +917,7 @@ def test_a_replayed_micro_batch_changes_nothing(recovered: Recovered, spark: Spa
     # nothing new was produced: the rows read are the replayed batches' (the ingest query reads its
     # last batch's offsets again; its silver writes insert nothing and the bronze append is skipped
     # by its txnVersion)
-    assert rows[KAFKA_BRONZE_QUERY] > 0
+    assert all(rows[name] > 0 for name in KAFKA_QUERIES)
     assert rows["derived_workout_bpm_and_summary"] > 0
     # every column, load_time and quarantined_at included: nothing was rewritten
     assert_same_tables(snapshot(spark, recovered.config, every_column=True), recovered.before)

@@ -140,7 +140,7 @@ def test_realtime_drain_plan_has_no_second_hop_to_silver(
     config = world_config(tmp_path, spark_config.jars_dir, extra=("kafka.enabled=true",))
     pipeline = Pipeline(spark, config)
     assert waves(pipeline._steps(ALL_JOBS, {"availableNow": True}, None)) == [
-        ["bronze_kafka_multiplex", "bronze_sql"],
+        ["bronze_kafka_bpm", "bronze_kafka_user_info_workout", "bronze_sql"],
         ["bronze_landing_multiplex", "silver_users", "silver_gym_logs"],
         [
             "user_bins+date_lookup+tombstones",

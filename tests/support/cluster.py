@@ -15,12 +15,19 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+from fitbit_stream import topology
 from fitbit_stream.config import Config
 from fitbit_stream.platform.cluster import SparkCluster
 from support.lake import batches, lake_commits, write_config
 
-#: the query whose micro-batch the kill lands in: it commits the silver topic tables, then bronze
-INGEST_QUERY = "bronze_kafka_multiplex"
+
+
+_KAFKA = [q for q in topology.queries("realtime") if q.source == "kafka"]
+#: table -> the Kafka ingest query (``realtime`` mode) that alone writes it: a kill after its commit
+#: lands in that query's micro-batch, which commits its silver topic tables, then bronze
+_ONE_INGEST_QUERY = {
+    t: q.name for q in _KAFKA for t in q.writes if sum(t in other.writes for other in _KAFKA) == 1
+}
 
 
 @dataclass
@@ -29,7 +36,9 @@ class ExecutorKill:
     before: list[int] = field(default_factory=list)
     #: the commit to a silver table the kill followed
     trigger: str = ""
-    #: the ingest query's planned and committed batches when the kill landed
+    #: the ingest query that wrote the table of ``trigger``
+    query: str = ""
+    #: that query's planned and committed batches when the kill landed
     planned: list[int] = field(default_factory=list)
     committed: list[int] = field(default_factory=list)
     #: executors seen after the kill that were not running before it
@@ -37,13 +46,18 @@ class ExecutorKill:
 
 
 def _silver_commits(lake: Path) -> set[str]:
-    return {c for c in lake_commits(lake) if c.startswith("silver/")}
+    """Commits to a silver table that exactly one Kafka ingest query writes (not the quarantine)."""
+    return {
+        c
+        for c in lake_commits(lake)
+        if c.startswith("silver/") and c.split()[0].split("/")[1] in _ONE_INGEST_QUERY
+    }
 
 
 def _kill_an_executor_mid_batch(
     proc: subprocess.Popen[bytes], cluster: SparkCluster, config: Config, kill: ExecutorKill
 ) -> None:
-    lake, checkpoint = Path(config.storage.root), Path(config.storage.checkpoint_root) / INGEST_QUERY
+    lake = Path(config.storage.root)
     seen = _silver_commits(lake)
     while proc.poll() is None:
         fresh = sorted(_silver_commits(lake) - seen)
@@ -52,6 +66,8 @@ def _kill_an_executor_mid_batch(
             assert len(kill.before) == 2, f"expected an executor per worker, found {kill.before}"
             kill.killed, kill.trigger = kill.before[0], fresh[0]
             os.kill(kill.killed, signal.SIGKILL)
+            kill.query = _ONE_INGEST_QUERY[kill.trigger.split()[0].split("/")[1]]
+            checkpoint = Path(config.storage.checkpoint_root) / kill.query
             kill.planned, kill.committed = batches(checkpoint / "offsets"), batches(checkpoint / "commits")
             break
         time.sleep(0.05)

@@ -146,3 +146,12 @@ def test_plain_kafka_reader_has_no_sign_in_options() -> None:
     read_kafka_stream(spark, config)
     assert reader.recorded == {"<format>": "kafka", **kafka_options(config.kafka)}
     assert not [k for k in reader.recorded if "sasl" in k or "security" in k]
+
+
+def test_a_kafka_reader_subscribes_to_the_topics_it_is_given() -> None:
+    config = load_config(None, ["kafka.topics={user_info: u, bpm: readings, workout: w}"])
+    spark, reader = recording_spark()
+    read_kafka_stream(spark, config, topics=["readings"])
+    assert reader.recorded["subscribe"] == "readings"
+    read_kafka_stream(spark, config)
+    assert reader.recorded["subscribe"] == "u,readings,w"

@@ -610,12 +610,17 @@ def test_the_incremental_runs_figures_come_from_its_output() -> None:
         [
             "[run] sources ok: kafka 127.0.0.1:5000; sql jdbc:sqlite:/x/source.db",
             "stage                             rows   seconds",
-            "bronze_kafka_multiplex            1000       4.2",
+            "bronze_kafka_bpm                   900       4.2",
+            "bronze_kafka_user_info_workout     100       3.1",
             "bronze_sql                           0       0.3",
             "[run] drained in 12.5s",
         ]
     )
+    # realtime mode reads Kafka with two queries: the records are their sum
     assert parse_run_output(output) == (12.5, 1000)
+    layered = "bronze_kafka_multiplex             700       4.2\n[run] drained in 9.0s"
+    assert parse_run_output(layered, mode="layered") == (9.0, 700)
+    assert parse_run_output(layered) == (9.0, None)
     assert parse_run_output("fitbit-stream: error: no broker") == (None, None)
 
 

@@ -17,10 +17,13 @@ from fitbit_stream.errors import PipelineError
 from fitbit_stream.io.ingest import SilverTopics
 from fitbit_stream.io.tables import Tables
 from fitbit_stream.schemas import KAFKA_MULTIPLEX_BZ
+from fitbit_stream.topology import KINDS
 from fitbit_stream.transforms.dates import week_part
 from support.world import Record, as_json, at, bpm, workout, world_config
 
-QUERY = "bronze_kafka_multiplex"
+#: the landing query reads every topic: one batch can hold all three
+QUERY = "bronze_landing_multiplex"
+ALL_TOPICS = dict.fromkeys(KINDS, QUERY)
 
 
 @pytest.fixture
@@ -66,7 +69,7 @@ def _rows(spark: SparkSession, world: Config, name: str, *columns: str, layer: s
 def test_the_topics_quarantine_and_late_state_commit_once_per_batch_and_a_replay_writes_nothing(
     spark: SparkSession, world: Config
 ) -> None:
-    topics = SilverTopics(spark, world, QUERY)
+    topics = SilverTopics(spark, world, ALL_TOPICS)
     rows = batch(spark, RECORDS, at(10, 30))
     quarantine_before = _commits(world, "silver", "quarantine")
     state_before = _commits(world, "ops", "_event_time_state")
@@ -87,7 +90,7 @@ def test_the_topics_quarantine_and_late_state_commit_once_per_batch_and_a_replay
     assert _rows(spark, world, "heart_rate", "device_id", "time", "heartrate") == [(101, at(10, 20), 100.0)]
 
     # the same batch replayed (a restart before the checkpoint committed it): nothing new anywhere
-    SilverTopics(spark, world, QUERY)(rows, 0, present={"bpm", "workout"})
+    SilverTopics(spark, world, ALL_TOPICS)(rows, 0, present={"bpm", "workout"})
     assert _commits(world, "silver", "quarantine") == quarantine_before + 1
     assert _commits(world, "ops", "_event_time_state") == state_before + 1
 
@@ -95,7 +98,7 @@ def test_the_topics_quarantine_and_late_state_commit_once_per_batch_and_a_replay
 def test_a_topic_that_fails_or_delivers_nothing_leaves_the_shared_writes_unwritten(
     spark: SparkSession, world: Config
 ) -> None:
-    topics = SilverTopics(spark, world, QUERY)
+    topics = SilverTopics(spark, world, ALL_TOPICS)
     rows = batch(spark, RECORDS, at(10, 30))
 
     def broken(*args: object, **kwargs: object) -> None:
@@ -122,7 +125,7 @@ def test_a_topic_whose_thread_fails_before_its_writer_runs_does_not_leave_the_sh
 ) -> None:
     from fitbit_stream.io import parallel
 
-    topics = SilverTopics(spark, world, QUERY)
+    topics = SilverTopics(spark, world, ALL_TOPICS)
     workout_writer = topics.writers["workout"]
     real = parallel.inheritable_thread_target
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from fitbit_stream.bench.report import CommandRun
+from fitbit_stream.topology import Mode, queries
 
 if TYPE_CHECKING:
     from fitbit_stream.config import Config
@@ -49,18 +50,21 @@ def command(config_path: Path, *, as_of: str) -> list[str]:
     return [*head, "run", "--once", "--config", str(config_path), "--as-of", as_of]
 
 
-def parse_run_output(text: str, *, ingest_query: str = "bronze_kafka_multiplex") -> tuple[float | None, int | None]:
-    """(the "drained in" seconds, the rows of ``ingest_query``) from a ``run --once`` output."""
+def parse_run_output(text: str, *, mode: Mode = "realtime") -> tuple[float | None, int | None]:
+    """(the "drained in" seconds, the rows the Kafka queries of ``mode`` read) from a ``run --once`` output."""
+    kafka = {spec.name for spec in queries(mode) if spec.source == "kafka"}
     drained = _DRAINED.findall(text)
-    rows: int | None = None
+    rows: dict[str, int] = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) == 3 and parts[0] == ingest_query and parts[1].isdigit():
-            rows = int(parts[1])
-    return (float(drained[-1]) if drained else None), rows
+        if len(parts) == 3 and parts[0] in kafka and parts[1].isdigit():
+            rows[parts[0]] = int(parts[1])
+    return (float(drained[-1]) if drained else None), (sum(rows.values()) if rows else None)
 
 
-def timed_run(cmd: list[str], *, label: str, new_records: int, timeout: float = 1800.0) -> tuple[CommandRun, str]:
+def timed_run(
+    cmd: list[str], *, label: str, new_records: int, mode: Mode = "realtime", timeout: float = 1800.0
+) -> tuple[CommandRun, str]:
     """Run ``cmd`` and time it from spawn to exit; the figures and the command's output."""
     started = time.monotonic()
     try:
@@ -70,5 +74,5 @@ def timed_run(cmd: list[str], *, label: str, new_records: int, timeout: float = 
         code = -1
         output = f"timed out after {timeout:g}s\n" + str(exc.stdout or "") + str(exc.stderr or "")
     wall = time.monotonic() - started
-    drained, rows = parse_run_output(output)
+    drained, rows = parse_run_output(output, mode=mode)
     return CommandRun(label, new_records, round(wall, 3), code, drained, rows), output

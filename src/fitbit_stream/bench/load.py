@@ -64,13 +64,15 @@ System = Literal["pipeline", "copy"]
 
 
 class LagSampler(threading.Thread):
-    """Every ``interval`` seconds: (epoch seconds, records the query ``name`` has not read yet)."""
+    """Every ``interval`` seconds: (epoch seconds, records the queries ``names`` have not read yet).
 
-    def __init__(self, config: Config, watch: ProgressWatch, name: str, *, interval: float = 1.0) -> None:
+    ``names`` are the queries that read Kafka (each reads its own topics)."""
+
+    def __init__(self, config: Config, watch: ProgressWatch, names: Sequence[str], *, interval: float = 1.0) -> None:
         super().__init__(name="bench-lag-sampler", daemon=True)
         self.config = config
         self.watch = watch
-        self.query = name
+        self.queries = list(names)
         self.interval = interval
         self.samples: list[tuple[float, float]] = []
         self.errors: list[str] = []
@@ -99,7 +101,7 @@ class LagSampler(threading.Thread):
                     partitions.append(TopicPartition(topic, p))
             while not self._stop_event.is_set():
                 at = time.time()
-                read = self.watch.end_offsets(self.query)
+                read = {k: v for name in self.queries for k, v in self.watch.end_offsets(name).items()}
                 lag = 0
                 for tp in partitions:
                     low, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
@@ -180,7 +182,7 @@ def run_load(
             members = setup_members(config, plan, at_us=time.time_ns() // 1000 - 3600 * 1_000_000)
             pipeline = Pipeline(spark, config)
             names = pipeline.query_names()
-            ingest = next(spec.name for spec in pipeline.specs() if spec.source == "kafka")
+            ingest = [spec.name for spec in pipeline.specs() if spec.source == "kafka"]
 
             def run() -> None:
                 try:
@@ -197,7 +199,7 @@ def run_load(
             # Its commits' times are read back from the change feed, as the pipeline's tables'.
             spark.conf.set("spark.databricks.delta.properties.defaults.enableChangeDataFeed", "true")
             names = [BASELINE_COPY]
-            ingest = BASELINE_COPY
+            ingest = [BASELINE_COPY]
             copy = start_copy(
                 spark,
                 config,

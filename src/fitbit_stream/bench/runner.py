@@ -284,7 +284,7 @@ def _drain(
             )
         else:  # the batch parts of a run (SQL poll, user_bins + date_lookup) have no progress
             stages.append(QueryFigures(stage.name, stage.rows, 0, round(stage.seconds, 3), round(stage.seconds, 3)))
-    kafka_rows = next((s.rows for s in stages if s.name == "bronze_kafka_multiplex"), backlog.kafka_records)
+    kafka_rows = sum(s.rows for s in stages if s.name in _ingest_names(config)) or backlog.kafka_records
     pipeline_figures = QueryFigures(
         name="pipeline",
         rows=kafka_rows,
@@ -712,10 +712,10 @@ def _soak(
 # --- phases on a drained state: incremental run, scale sweep -------------------------------------
 
 
-def _ingest_name(config: Config) -> str:
+def _ingest_names(config: Config) -> set[str]:
     from fitbit_stream.topology import queries
 
-    return next(spec.name for spec in queries(config.streaming.mode) if spec.source == "kafka")
+    return {spec.name for spec in queries(config.streaming.mode) if spec.source == "kafka"}
 
 
 def _incremental(
@@ -753,7 +753,7 @@ def _incremental(
         if records:
             produce_readings(config, records, seed=options.seed)
         show(f"[bench] incremental: {' '.join(cmd)} ({label})")
-        run, output = timed_run(cmd, label=label, new_records=records)
+        run, output = timed_run(cmd, label=label, new_records=records, mode=config.streaming.mode)
         runs.append(run)
         outputs[label] = output.splitlines()[-40:]
         show(f"[bench] incremental: {label}: {run.wall_seconds:.1f}s wall, exit {run.exit_code}")
@@ -812,8 +812,8 @@ def _scaling(
         started = time.monotonic()
         report = pipeline.run_once(as_of=AS_OF, progress=lambda msg: log.debug("%s", msg))
         elapsed = round(time.monotonic() - started, 3)
-        ingest = _ingest_name(config)
-        rows = next((s.rows for s in report.stages if s.name == ingest), backlog.kafka_records)
+        ingest = _ingest_names(config)
+        rows = sum(s.rows for s in report.stages if s.name in ingest) or backlog.kafka_records
         point = ScalePoint(
             scale,
             rows,

@@ -36,6 +36,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import reduce
 from typing import TYPE_CHECKING
@@ -71,10 +72,11 @@ from fitbit_stream.transforms.quality import MALFORMED_JSON
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
+
+    from fitbit_stream.topology import QuerySpec
     from pyspark.sql.streaming.query import StreamingQuery  # the package re-exports it implicitly
 
 __all__ = [
-    "KAFKA_BRONZE_QUERY",
     "KAFKA_GAPS",
     "LANDING_BRONZE_QUERY",
     "KafkaGap",
@@ -93,7 +95,6 @@ log = logging.getLogger(__name__)
 #: runs continuously.
 Trigger = dict[str, object]
 
-KAFKA_BRONZE_QUERY = "bronze_kafka_multiplex"
 LANDING_BRONZE_QUERY = "bronze_landing_multiplex"
 
 #: ops table: offsets lost to Kafka before bronze read them, accepted with fail_on_data_loss false.
@@ -146,9 +147,9 @@ def _bronze_next_offsets(spark: SparkSession, tables: Tables, ref: TableRef, top
 
 
 def kafka_position(
-    spark: SparkSession, config: Config, tables: Tables, ref: TableRef, location: str
+    spark: SparkSession, config: Config, tables: Tables, ref: TableRef, location: str, topics: Sequence[str]
 ) -> tuple[dict[Partition, int], str | None]:
-    """Where the Kafka bronze query reads next, per partition, and the startingOffsets to pass.
+    """Where a Kafka bronze query reading ``topics`` reads next, per partition, and the startingOffsets to pass.
 
     From the checkpoint: the end offsets of its last committed batch (or, when no batch was ever
     committed, the offsets it started from). A new checkpoint starts after what bronze holds: then
@@ -162,8 +163,7 @@ def kafka_position(
         return _offsets_json(initial_offsets(location)), None
     if info.exists and not is_local(location):
         return {}, None  # Spark resumes from a checkpoint Python cannot read: nothing to decide
-    topics = config.kafka.topics.names()
-    resume = _bronze_next_offsets(spark, tables, ref, topics)
+    resume = _bronze_next_offsets(spark, tables, ref, list(topics))
     if not resume:
         return {}, None
     try:
@@ -176,7 +176,8 @@ def kafka_position(
         ) from None
     starting: dict[str, dict[str, int]] = {t: {} for t in topics}
     for topic, partition in sorted(partitions):
-        starting[topic][str(partition)] = resume.get((topic, partition), -2)
+        if topic in starting:
+            starting[topic][str(partition)] = resume.get((topic, partition), -2)
     log.info("kafka bronze: new checkpoint, resuming after the records bronze holds: %s", starting)
     return resume, json.dumps(starting, separators=(",", ":"))
 
@@ -190,16 +191,18 @@ def find_gaps(position: dict[Partition, int], earliest: dict[Partition, int]) ->
     )
 
 
-def _record_gaps(spark: SparkSession, tables: Tables, gaps: list[KafkaGap]) -> None:
+def _record_gaps(spark: SparkSession, tables: Tables, query: str, gaps: list[KafkaGap]) -> None:
     ref = tables.ensure(spark, "_kafka_gaps", schema=KAFKA_GAPS, layer="ops")
     rows = spark.createDataFrame(
-        [(KAFKA_BRONZE_QUERY, g.topic, g.partition, g.from_offset, g.to_offset) for g in gaps],
+        [(query, g.topic, g.partition, g.from_offset, g.to_offset) for g in gaps],
         "query string, topic string, partition int, from_offset bigint, to_offset bigint",
     ).withColumn("detected_at", F.current_timestamp())
     insert_if_absent(spark, tables, ref, rows, keys=["topic", "partition", "from_offset"])
 
 
-def _check_data_loss(spark: SparkSession, config: Config, tables: Tables, position: dict[Partition, int]) -> None:
+def _check_data_loss(
+    spark: SparkSession, config: Config, tables: Tables, query: str, position: dict[Partition, int]
+) -> None:
     if not position:
         return
     if importlib.util.find_spec("confluent_kafka") is None:
@@ -226,22 +229,25 @@ def _check_data_loss(spark: SparkSession, config: Config, tables: Tables, positi
             f"in the ops table _kafka_gaps, set kafka.fail_on_data_loss: false (--set kafka.fail_on_data_loss=false)."
         )
     log.warning("kafka bronze: continuing past lost records (kafka.fail_on_data_loss is false): %s", listed)
-    _record_gaps(spark, tables, gaps)
+    _record_gaps(spark, tables, query, gaps)
 
 
-def start_kafka_bronze(spark: SparkSession, config: Config, *, trigger: Trigger) -> StreamingQuery:
-    """Kafka topics -> ``kafka_multiplex_bz`` (append-only, exactly once)."""
+def start_kafka_bronze(spark: SparkSession, config: Config, spec: QuerySpec, *, trigger: Trigger) -> StreamingQuery:
+    """The Kafka topics of ``spec.kinds`` -> ``kafka_multiplex_bz`` (append-only, exactly once); in
+    ``realtime`` mode their silver topic tables from the same micro-batch (``io.ingest``)."""
     tables = Tables(config)
     ref = tables.ensure(spark, "kafka_multiplex_bz")
-    position, starting = kafka_position(spark, config, tables, ref, tables.checkpoint(KAFKA_BRONZE_QUERY))
-    _check_data_loss(spark, config, tables, position)
-    source = read_kafka_stream(spark, config, starting_offsets=starting).transform(
+    name = spec.name
+    topics = [getattr(config.kafka.topics, kind) for kind in spec.kinds]
+    position, starting = kafka_position(spark, config, tables, ref, tables.checkpoint(name), topics)
+    _check_data_loss(spark, config, tables, name, position)
+    source = read_kafka_stream(spark, config, starting_offsets=starting, topics=topics).transform(
         kafka_to_bronze, load_time=F.current_timestamp()
     )
     writer = (
-        source.writeStream.queryName(KAFKA_BRONZE_QUERY)
-        .foreachBatch(IngestWriter(spark, config, KAFKA_BRONZE_QUERY))
-        .option("checkpointLocation", tables.checkpoint(KAFKA_BRONZE_QUERY))
+        source.writeStream.queryName(name)
+        .foreachBatch(IngestWriter(spark, config, name, kinds=spec.kinds))
+        .option("checkpointLocation", tables.checkpoint(name))
     )
     writer = writer.trigger(**trigger)  # type: ignore[call-overload]
     query: StreamingQuery = writer.start()

@@ -1,7 +1,8 @@
 """Ingest: one micro-batch of records from a source writes the silver topic tables, then bronze.
 
-The Kafka query and the landing query each run an :class:`IngestWriter`: per micro-batch, the
-records of each topic present go through that topic's silver writer (parse, ``future``, ``late``,
+The Kafka queries (one for ``bpm``, one for ``user_info`` and ``workout``:
+``topology.KAFKA_INGEST_REALTIME``) and the landing query each run an :class:`IngestWriter`: per
+micro-batch, the records of each of its topics present go through that topic's silver writer (parse, ``future``, ``late``,
 quarantine, MERGE; :class:`~fitbit_stream.io.silver.TopicWriter`), the topics side by side, with
 one ``quarantine`` MERGE and one late-state commit for all of them
 (:class:`~fitbit_stream.io.silver.BatchShare`), and then the whole batch is appended to
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
@@ -37,7 +38,7 @@ from fitbit_stream.io.live import LATENCY
 from fitbit_stream.io.parallel import run_side_by_side
 from fitbit_stream.io.silver import BatchShare, LateState, TopicWriter
 from fitbit_stream.io.tables import TableRef, Tables
-from fitbit_stream.topology import KINDS, queries
+from fitbit_stream.topology import KINDS, QuerySpec, queries
 from fitbit_stream.transforms.parse import PayloadKind
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ __all__ = [
     "IngestWriter",
     "SilverTopics",
     "enabled_ingest_queries",
+    "ingest_queries",
     "late_state_keys",
     "state_key",
 ]
@@ -63,16 +65,23 @@ def state_key(query: str, kind: PayloadKind) -> str:
 
 def late_state_keys(config: Config, kind: PayloadKind) -> list[str]:
     """The state keys behind the ``late`` rule of a topic with this configuration: one per enabled
-    ingest query (``realtime``), or the topic query's (``layered``)."""
+    ingest query that reads the topic (``realtime``), or the topic query's (``layered``)."""
     if config.streaming.mode == "layered":
         return [f"silver_{kind}"]
-    return [state_key(name, kind) for name in enabled_ingest_queries(config)]
+    return [state_key(name, kind) for name in enabled_ingest_queries(config, kind)]
 
 
-def enabled_ingest_queries(config: Config) -> list[str]:
-    """The ingest queries (Kafka, landing) this configuration runs, in drain order."""
+def enabled_ingest_queries(config: Config, kind: PayloadKind | None = None) -> list[str]:
+    """The ``realtime`` ingest queries (Kafka, landing) this configuration runs, in drain order;
+    with ``kind``, those that read that topic."""
     on = {"kafka": config.kafka.enabled, "landing": config.landing.enabled}
-    return [q.name for q in queries("realtime") if on.get(q.source)]
+    return [q.name for q in ingest_queries(kind) if on.get(q.source)]
+
+
+def ingest_queries(kind: PayloadKind | None = None) -> list[QuerySpec]:
+    """Every ``realtime`` ingest query (enabled or not), in drain order; with ``kind``, those that
+    read that topic."""
+    return [q for q in queries("realtime") if q.kinds and (kind is None or kind in q.kinds)]
 
 
 class BronzeAppend:
@@ -108,19 +117,22 @@ class BronzeAppend:
 
 
 class SilverTopics:
-    """The silver writers of the three topics, applied to bronze-shaped rows of any topics.
+    """The silver writers of some topics, applied to bronze-shaped rows of those topics.
 
-    ``query`` names the ``late`` rule's state (one per topic and query, see :func:`state_key`).
+    ``queries`` maps each topic (payload kind) written to the ingest query whose ``late`` rule
+    state it uses (one per topic and query, see :func:`state_key`); rows of other topics are left
+    alone.
     """
 
-    def __init__(self, spark: SparkSession, config: Config, query: str) -> None:
+    def __init__(self, spark: SparkSession, config: Config, queries: Mapping[PayloadKind, str]) -> None:
         topics = config.kafka.topics
-        self.kind_of: dict[str, PayloadKind] = {getattr(topics, kind): kind for kind in KINDS}
+        self.kind_of: dict[str, PayloadKind] = {getattr(topics, kind): kind for kind in KINDS if kind in queries}
         self.tables = Tables(config)
         self.quarantine = self.tables.ensure(spark, "quarantine")
         self.late = LateState(self.tables, spark)
         self.writers = {
-            kind: TopicWriter(spark, config, kind, state_key(query, kind), late=self.late) for kind in KINDS
+            kind: TopicWriter(spark, config, kind, state_key(query, kind), late=self.late)
+            for kind, query in queries.items()
         }
 
     def __call__(self, rows: DataFrame, batch_id: int, *, present: set[str]) -> None:
@@ -131,6 +143,8 @@ class SilverTopics:
         own writes. A topic's failure is raised once every write has ended.
         """
         mine_of = {kind: topic for topic, kind in self.kind_of.items() if topic in present}
+        if not mine_of:
+            return
         share = BatchShare(list(mine_of))
         work: list[Callable[[], None]] = []
         ended: dict[int, Callable[[BaseException | None], None]] = {}
@@ -149,9 +163,10 @@ class SilverTopics:
 class IngestWriter:
     """``foreachBatch`` of an ingest query: bronze-shaped rows -> silver topic tables, then bronze.
 
-    ``prepare`` turns the source's micro-batch into bronze-shaped rows (and handles what is not a
-    record, such as a landing line that is not JSON); ``resume`` drops the records bronze already
-    holds (a landing query on a new checkpoint over a non-empty bronze).
+    ``kinds`` are the topics the query reads. ``prepare`` turns the source's micro-batch into
+    bronze-shaped rows (and handles what is not a record, such as a landing line that is not JSON);
+    ``resume`` drops the records bronze already holds (a landing query on a new checkpoint over a
+    non-empty bronze).
     """
 
     def __init__(
@@ -160,6 +175,7 @@ class IngestWriter:
         config: Config,
         query: str,
         *,
+        kinds: Sequence[PayloadKind] = KINDS,
         prepare: Callable[[DataFrame], DataFrame] | None = None,
         resume: bool = False,
     ) -> None:
@@ -169,7 +185,9 @@ class IngestWriter:
         self.resume = resume
         self.bronze = BronzeAppend(spark, self.tables, self.tables.checkpoint(query))
         # ``layered`` mode: silver is the topic queries' job (they read bronze back).
-        self.silver = SilverTopics(spark, config, query) if config.streaming.mode == "realtime" else None
+        self.silver = (
+            SilverTopics(spark, config, dict.fromkeys(kinds, query)) if config.streaming.mode == "realtime" else None
+        )
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         spark = batch.sparkSession

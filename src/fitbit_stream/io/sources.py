@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from pyspark.sql import functions as F
@@ -51,8 +51,11 @@ def kafka_options(
     auth: Mapping[str, str] | None = None,
     starting_offsets: str | None = None,
     fail_on_data_loss: bool | None = None,
+    topics: Sequence[str] | None = None,
 ) -> dict[str, str]:
     """Consumer options for Spark's Kafka source; secret values come from the environment.
+
+    ``topics`` (default: every configured topic) are the topics subscribed to.
 
     ``auth`` holds the sign-in options (:meth:`fitbit_stream.azure.AzureAuth.kafka_auth_options`:
     Event Hubs' SASL_SSL settings, empty for plain Kafka); they are added last.
@@ -64,7 +67,7 @@ def kafka_options(
     fail = kafka.fail_on_data_loss if fail_on_data_loss is None else fail_on_data_loss
     options = {
         "kafka.bootstrap.servers": kafka.bootstrap_servers,
-        "subscribe": ",".join(kafka.topics.names()),
+        "subscribe": ",".join(kafka.topics.names() if topics is None else topics),
         "startingOffsets": starting_offsets or kafka.starting_offsets,
         "failOnDataLoss": str(fail).lower(),
         "includeHeaders": "false",
@@ -82,13 +85,19 @@ def kafka_options(
 
 
 def read_kafka_stream(
-    spark: SparkSession, config: Config, *, starting_offsets: str | None = None, fail_on_data_loss: bool | None = None
+    spark: SparkSession,
+    config: Config,
+    *,
+    starting_offsets: str | None = None,
+    fail_on_data_loss: bool | None = None,
+    topics: Sequence[str] | None = None,
 ) -> DataFrame:
     options = kafka_options(
         config.kafka,
         auth=auth_for(config).kafka_auth_options(),
         starting_offsets=starting_offsets,
         fail_on_data_loss=fail_on_data_loss,
+        topics=topics,
     )
     return spark.readStream.format("kafka").options(**options).load()
 
