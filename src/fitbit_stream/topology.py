@@ -35,6 +35,7 @@ __all__ = [
     "SourceKind",
     "checkpointed",
     "ingest_writes",
+    "kafka_queries",
     "queries",
     "query",
     "select_jobs",
@@ -121,6 +122,7 @@ TOPIC_WRITES: dict[Kind, tuple[str, ...]] = {
 #: The table whose rows prove a topic writer committed a batch (the checkpoint guard's evidence).
 TOPIC_EVIDENCE: dict[Kind, str] = {"user_info": "user_profile_history", "bpm": "heart_rate", "workout": "workouts"}
 
+
 def ingest_writes(kinds: Iterable[Kind]) -> tuple[str, ...]:
     """What an ingest query reading ``kinds`` writes from one micro-batch in ``realtime`` mode: their
     silver topic tables, then bronze (``io.ingest``); a record reaches silver in one hop."""
@@ -145,6 +147,8 @@ KAFKA_INGEST_LAYERED = "bronze_kafka_multiplex"
 
 def _ingest(mode: Mode) -> tuple[QuerySpec, ...]:
     bronze = ("kafka_multiplex_bz",)
+    writes: tuple[str, ...]
+    kafka: tuple[QuerySpec, ...]
     if mode == "layered":
         writes = ("quarantine", "kafka_multiplex_bz")
         kafka = (QuerySpec(KAFKA_INGEST_LAYERED, "bronze", "kafka", (), writes, bronze, kinds=KINDS),)
@@ -231,6 +235,11 @@ WORKOUT_QUERIES_REALTIME: tuple[QuerySpec, ...] = (
         ("workout_bpm", "workout_bpm_summary"),
     ),
 )
+
+
+def kafka_queries(mode: Mode = "realtime") -> tuple[str, ...]:
+    """The names of the queries that read Kafka in ``mode``."""
+    return tuple(q.name for q in queries(mode) if q.source == "kafka")
 
 
 def queries(mode: Mode = "realtime") -> tuple[QuerySpec, ...]:

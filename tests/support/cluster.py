@@ -20,14 +20,10 @@ from fitbit_stream.config import Config
 from fitbit_stream.platform.cluster import SparkCluster
 from support.lake import batches, lake_commits, write_config
 
-
-
 _KAFKA = [q for q in topology.queries("realtime") if q.source == "kafka"]
 #: table -> the Kafka ingest query (``realtime`` mode) that alone writes it: a kill after its commit
 #: lands in that query's micro-batch, which commits its silver topic tables, then bronze
-_ONE_INGEST_QUERY = {
-    t: q.name for q in _KAFKA for t in q.writes if sum(t in other.writes for other in _KAFKA) == 1
-}
+_ONE_INGEST_QUERY = {t: q.name for q in _KAFKA for t in q.writes if sum(t in other.writes for other in _KAFKA) == 1}
 
 
 @dataclass
@@ -48,9 +44,7 @@ class ExecutorKill:
 def _silver_commits(lake: Path) -> set[str]:
     """Commits to a silver table that exactly one Kafka ingest query writes (not the quarantine)."""
     return {
-        c
-        for c in lake_commits(lake)
-        if c.startswith("silver/") and c.split()[0].split("/")[1] in _ONE_INGEST_QUERY
+        c for c in lake_commits(lake) if c.startswith("silver/") and c.split()[0].split("/")[1] in _ONE_INGEST_QUERY
     }
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from fitbit_stream.bench.report import CommandRun
-from fitbit_stream.topology import Mode, queries
+from fitbit_stream.topology import Mode, kafka_queries
 
 if TYPE_CHECKING:
     from fitbit_stream.config import Config
@@ -52,7 +52,7 @@ def command(config_path: Path, *, as_of: str) -> list[str]:
 
 def parse_run_output(text: str, *, mode: Mode = "realtime") -> tuple[float | None, int | None]:
     """(the "drained in" seconds, the rows the Kafka queries of ``mode`` read) from a ``run --once`` output."""
-    kafka = {spec.name for spec in queries(mode) if spec.source == "kafka"}
+    kafka = kafka_queries(mode)
     drained = _DRAINED.findall(text)
     rows: dict[str, int] = {}
     for line in text.splitlines():

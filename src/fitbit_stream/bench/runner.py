@@ -61,6 +61,7 @@ from fitbit_stream.bench.report import (
 from fitbit_stream.bench.search import load_warning, settle
 from fitbit_stream.config import Config, KafkaTopics
 from fitbit_stream.errors import PipelineError
+from fitbit_stream.topology import kafka_queries
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -284,7 +285,8 @@ def _drain(
             )
         else:  # the batch parts of a run (SQL poll, user_bins + date_lookup) have no progress
             stages.append(QueryFigures(stage.name, stage.rows, 0, round(stage.seconds, 3), round(stage.seconds, 3)))
-    kafka_rows = sum(s.rows for s in stages if s.name in _ingest_names(config)) or backlog.kafka_records
+    kafka = kafka_queries(config.streaming.mode)
+    kafka_rows = sum(s.rows for s in stages if s.name in kafka) or backlog.kafka_records
     pipeline_figures = QueryFigures(
         name="pipeline",
         rows=kafka_rows,
@@ -712,12 +714,6 @@ def _soak(
 # --- phases on a drained state: incremental run, scale sweep -------------------------------------
 
 
-def _ingest_names(config: Config) -> set[str]:
-    from fitbit_stream.topology import queries
-
-    return {spec.name for spec in queries(config.streaming.mode) if spec.source == "kafka"}
-
-
 def _incremental(
     spark: SparkSession,
     base: Config,
@@ -812,8 +808,8 @@ def _scaling(
         started = time.monotonic()
         report = pipeline.run_once(as_of=AS_OF, progress=lambda msg: log.debug("%s", msg))
         elapsed = round(time.monotonic() - started, 3)
-        ingest = _ingest_names(config)
-        rows = sum(s.rows for s in report.stages if s.name in ingest) or backlog.kafka_records
+        kafka = kafka_queries(config.streaming.mode)
+        rows = sum(s.rows for s in report.stages if s.name in kafka) or backlog.kafka_records
         point = ScalePoint(
             scale,
             rows,

@@ -72,9 +72,9 @@ from fitbit_stream.transforms.quality import MALFORMED_JSON
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.streaming.query import StreamingQuery  # the package re-exports it implicitly
 
     from fitbit_stream.topology import QuerySpec
-    from pyspark.sql.streaming.query import StreamingQuery  # the package re-exports it implicitly
 
 __all__ = [
     "KAFKA_GAPS",

@@ -2,8 +2,9 @@
 
 The Kafka queries (one for ``bpm``, one for ``user_info`` and ``workout``:
 ``topology.KAFKA_INGEST_REALTIME``) and the landing query each run an :class:`IngestWriter`: per
-micro-batch, the records of each of its topics present go through that topic's silver writer (parse, ``future``, ``late``,
-quarantine, MERGE; :class:`~fitbit_stream.io.silver.TopicWriter`), the topics side by side, with
+micro-batch, the records of each of its topics present go through that topic's silver writer
+(parse, ``future``, ``late``, quarantine, MERGE; :class:`~fitbit_stream.io.silver.TopicWriter`),
+the topics side by side, with
 one ``quarantine`` MERGE and one late-state commit for all of them
 (:class:`~fitbit_stream.io.silver.BatchShare`), and then the whole batch is appended to
 ``kafka_multiplex_bz``. A reading is in silver one batch after
