@@ -59,12 +59,10 @@ def _kill_an_executor_mid_batch(
             kill.before = cluster.executor_pids()
             assert len(kill.before) == 2, f"expected an executor per worker, found {kill.before}"
             kill.killed, kill.trigger = kill.before[0], fresh[0]
+            os.kill(kill.killed, signal.SIGKILL)
             kill.query = _ONE_INGEST_QUERY[kill.trigger.split()[0].split("/")[1]]
             checkpoint = Path(config.storage.checkpoint_root) / kill.query
-            # the batch's state as the kill lands: read first, so a small batch that commits on the
-            # surviving executor meanwhile is not taken for one that ended before the kill
             kill.planned, kill.committed = batches(checkpoint / "offsets"), batches(checkpoint / "commits")
-            os.kill(kill.killed, signal.SIGKILL)
             break
         time.sleep(0.05)
     while proc.poll() is None:  # the worker replaces the lost executor while the run goes on
