@@ -167,17 +167,27 @@ class SparkCluster:
                 workers[str(w.get("id"))] = (str(w.get("state")), int(w.get("cores", 0)), int(w.get("memory", 0)))
         return ClusterStatus(state is not None, self.master_url, self.web_url, workers)
 
-    def executor_pids(self) -> list[int]:
-        """The process ids of the executor JVMs this cluster's workers run now (each runs in a
-        directory under the workers' work directories)."""
-        found = []
+    def executor_pids(self, app: str | None = None) -> list[int]:
+        """The process ids of the executor JVMs this cluster's workers run now, of application
+        ``app`` only when given (an application's executors run in ``work/<app id>/<n>``)."""
+        return sorted(pid for pid, owner in self.executors().items() if app is None or owner == app)
+
+    def executors(self) -> dict[int, str]:
+        """Each executor JVM this cluster's workers run now, with the id of its application (the
+        directory it runs in under the workers' work directory). An executor of a finished
+        application can outlive it for a moment."""
+        work = self.state_dir / "work"
+        found: dict[int, str] = {}
         for proc in Path("/proc").glob("[0-9]*"):
             with contextlib.suppress(OSError):
                 if b"CoarseGrainedExecutorBackend" not in (proc / "cmdline").read_bytes():
                     continue
-                if Path(os.readlink(proc / "cwd")).is_relative_to(self.state_dir):
-                    found.append(int(proc.name))
-        return sorted(found)
+                cwd = Path(os.readlink(proc / "cwd"))
+                if cwd.is_relative_to(work):
+                    found[int(proc.name)] = cwd.relative_to(work).parts[0]
+                elif cwd.is_relative_to(self.state_dir):
+                    found[int(proc.name)] = ""
+        return found
 
     # --- helpers ---------------------------------------------------------------------------------
 
