@@ -358,9 +358,36 @@ class StreamingConfig(_Model):
     # bronze and silver queries': a longer one leaves the cores to the silver path (event -> silver
     # latency) at the cost of gold freshness. Unset: the same trigger for every query.
     derived_trigger_interval_seconds: float | None = Field(default=None, gt=0)
+    # One query's trigger, by query name (the names of docs/streaming.md's query graph), over the
+    # two above: e.g. {bronze_kafka_user_info_workout: 10} runs the low-volume topics' query every
+    # 10 s, leaving the cores to the readings' query between its batches.
+    query_trigger_seconds: dict[str, float] = Field(default_factory=dict)
     # Fixed for the life of a checkpoint: changing it breaks existing stateful checkpoints.
     shuffle_partitions: int = Field(default=4, ge=1)
     state_store: Literal["hdfs", "rocksdb"] = "rocksdb"
+
+    @field_validator("query_trigger_seconds")
+    @classmethod
+    def _query_triggers(cls, v: dict[str, float]) -> dict[str, float]:
+        from fitbit_stream import topology
+
+        names = topology.checkpointed()
+        for name, seconds in v.items():
+            if name not in names:
+                near = difflib.get_close_matches(name, names, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else f": choose from {', '.join(names)}"
+                raise ValueError(f"query_trigger_seconds names no streaming query {name!r}{hint}")
+            if not seconds > 0:
+                raise ValueError(f"query_trigger_seconds[{name}] must be above 0 (got {seconds})")
+        return v
+
+    def trigger_seconds(self, query: str, *, derived: bool) -> float:
+        """The processing-time trigger of ``query`` (``derived``: a change-feed query)."""
+        if query in self.query_trigger_seconds:
+            return self.query_trigger_seconds[query]
+        if derived and self.derived_trigger_interval_seconds is not None:
+            return self.derived_trigger_interval_seconds
+        return self.trigger_interval_seconds
 
 
 class AzureAuthMode(StrEnum):

@@ -400,9 +400,11 @@ class Pipeline:
         delivers (the live view, :class:`~fitbit_stream.io.live.LiveProgress`)."""
         selected = select_jobs(layers)
         streaming = self.config.streaming
-        trigger: Trigger = {"processingTime": f"{streaming.trigger_interval_seconds} seconds"}
-        derived_seconds = streaming.derived_trigger_interval_seconds or streaming.trigger_interval_seconds
-        derived: Trigger = {"processingTime": f"{derived_seconds} seconds"}
+
+        def trigger(spec: QuerySpec) -> Trigger:
+            seconds = streaming.trigger_seconds(spec.name, derived=spec.source == "change_feed")
+            return {"processingTime": f"{seconds} seconds"}
+
         with self.exclusive(), self._recording(progress, on_progress) as recorder:
             self.check_checkpoints(selected)
             specs = self.specs(selected)
@@ -412,7 +414,7 @@ class Pipeline:
                     if stop.is_set():  # asked to stop while starting: start no more
                         break
                     if spec.streaming:
-                        queries.append(self.queries.start(spec, derived if spec.source == "change_feed" else trigger))
+                        queries.append(self.queries.start(spec, trigger(spec)))
                 polls_sql = any(spec.source == "sql" for spec in specs)
                 tail = any(spec.name == TAIL for spec in specs)
                 while not stop.is_set():

@@ -423,7 +423,11 @@ def test_run_continuously_reaches_gold_with_its_own_derived_trigger_and_stops_cl
     config = world.model_copy(
         update={
             "streaming": world.streaming.model_copy(
-                update={"trigger_interval_seconds": 1.0, "derived_trigger_interval_seconds": 3.0}
+                update={
+                    "trigger_interval_seconds": 1.0,
+                    "derived_trigger_interval_seconds": 3.0,
+                    "query_trigger_seconds": {"silver_workout": 2.0, "derived_gym_summary": 5.0},
+                }
             ),
             "sql": world.sql.model_copy(update={"poll_interval_seconds": 1.0}),
         }
@@ -464,3 +468,6 @@ def test_run_continuously_reaches_gold_with_its_own_derived_trigger_and_stops_cl
     assert triggers["silver_bpm"] == {"processingTime": "1.0 seconds"}
     assert triggers["derived_workout_bpm"] == {"processingTime": "3.0 seconds"}
     assert triggers["derived_gym_occupancy"] == {"processingTime": "3.0 seconds"}
+    # a query's own trigger wins over both
+    assert triggers["silver_workout"] == {"processingTime": "2.0 seconds"}
+    assert triggers["derived_gym_summary"] == {"processingTime": "5.0 seconds"}

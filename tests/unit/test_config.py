@@ -69,6 +69,15 @@ def test_valid_overrides(override: str, attribute: tuple[str, str], expected: ob
         ("kafka.options={'sasl.jaas.config': 'secret'}", "carries a secret: set it through options_env"),
         ("platform=mainframe", "platform: Input should be 'local' or 'databricks'"),
         ("kafka.enabled=false", None),
+        (
+            "streaming.query_trigger_seconds={bronze_kafka_user_info: 10}",
+            "names no streaming query 'bronze_kafka_user_info' (did you mean 'bronze_kafka_user_info_workout'?)",
+        ),
+        ("streaming.query_trigger_seconds={bronze_sql: 10}", "names no streaming query 'bronze_sql': choose from"),
+        (
+            "streaming.query_trigger_seconds={bronze_kafka_bpm: 0}",
+            "query_trigger_seconds[bronze_kafka_bpm] must be above 0",
+        ),
     ],
 )
 def test_invalid_values_name_key_and_value(override: str, message: str | None) -> None:
@@ -231,3 +240,21 @@ def test_unknown_keys_suggest_the_nearest_valid_one(override: str, message: str)
     with pytest.raises(InvalidConfigError) as info:
         load_config(ROOT / "conf" / "local.yaml", [override])
     assert str(info.value) == f"invalid configuration:\n  {message}"
+
+
+def test_a_query_trigger_is_the_querys_own_then_the_derived_one_then_the_default() -> None:
+    config = load_config(
+        ROOT / "conf" / "local.yaml",
+        [
+            "streaming.trigger_interval_seconds=2",
+            "streaming.derived_trigger_interval_seconds=20",
+            "streaming.query_trigger_seconds={bronze_kafka_user_info_workout: 15, derived_gym_summary: 60}",
+        ],
+    )
+    streaming = config.streaming
+    assert streaming.trigger_seconds("bronze_kafka_bpm", derived=False) == 2.0
+    assert streaming.trigger_seconds("bronze_kafka_user_info_workout", derived=False) == 15.0
+    assert streaming.trigger_seconds("derived_gym_occupancy", derived=True) == 20.0
+    assert streaming.trigger_seconds("derived_gym_summary", derived=True) == 60.0
+    unset = load_config(ROOT / "conf" / "local.yaml", ["streaming.trigger_interval_seconds=2"]).streaming
+    assert unset.trigger_seconds("derived_gym_summary", derived=True) == 2.0

@@ -905,6 +905,7 @@ def run_bench(base: Config, options: BenchOptions, *, show: Callable[[str], None
             "max_offsets_per_trigger": base.kafka.max_offsets_per_trigger,
             "streaming_mode": base.streaming.mode,
             "derived_trigger_interval_seconds": base.streaming.derived_trigger_interval_seconds,
+            "query_trigger_seconds": dict(base.streaming.query_trigger_seconds),
         },
     )
     warning = load_warning(result.machine["load_before"][0], phase="the run", bound=options.load_warning)
