@@ -183,10 +183,9 @@ class SparkCluster:
                 if b"CoarseGrainedExecutorBackend" not in (proc / "cmdline").read_bytes():
                     continue
                 cwd = Path(os.readlink(proc / "cwd"))
-                if cwd.is_relative_to(work):
-                    found[int(proc.name)] = cwd.relative_to(work).parts[0]
-                elif cwd.is_relative_to(self.state_dir):
-                    found[int(proc.name)] = ""
+                if cwd.is_relative_to(self.state_dir):
+                    app = cwd.relative_to(work).parts[:1] if cwd.is_relative_to(work) else ()
+                    found[int(proc.name)] = app[0] if app else ""
         return found
 
     # --- helpers ---------------------------------------------------------------------------------
