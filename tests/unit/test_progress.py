@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from pathlib import Path
 
-from fitbit_stream.io.progress import ProgressRecord, ProgressRecorder, backlog_of, record_of
+from pyspark.sql import SparkSession
+
+from fitbit_stream.config import Config, load_config
+from fitbit_stream.io.progress import QUERY_PROGRESS, ProgressRecord, ProgressRecorder, backlog_of, record_of
+from fitbit_stream.io.tables import Tables
 
 KAFKA_PROGRESS = {
     "id": "5a1c0c1e-0000-4000-8000-000000000001",
@@ -110,3 +115,26 @@ def test_the_recorder_hands_every_listener_copy_to_on_progress() -> None:
     recorder.add_all([DELTA_PROGRESS])
     recorder.add(DELTA_PROGRESS)
     assert seen == [("bronze_kafka_multiplex", 4), ("bronze_kafka_multiplex", 4), ("silver_bpm", 0)]
+
+
+def test_flush_appends_each_batch_once_with_its_first_flushed_copy(
+    spark: SparkSession, spark_config: Config, tmp_path: Path
+) -> None:
+    tables = Tables(load_config(None, [f"storage.root={tmp_path}", f"jars_dir={spark_config.jars_dir}"]))
+    ref = tables.ensure(spark, "_query_progress", schema=QUERY_PROGRESS, layer="ops")
+    recorder = ProgressRecorder(show=lambda _: None)
+    recorder.add(KAFKA_PROGRESS)
+    recorder.add_all([DELTA_PROGRESS])
+    assert recorder.flush(spark, tables, ref) == 2
+    # a later copy of a written batch (its figures moved on) is not written again; a new batch is
+    later = {**KAFKA_PROGRESS, "numInputRows": 9}
+    recorder.add(later)
+    recorder.add({**KAFKA_PROGRESS, "batchId": 5})
+    assert recorder.flush(spark, tables, ref) == 1
+    assert recorder.flush(spark, tables, ref) == 0
+    rows = tables.read(spark, ref).select("query_name", "batch_id", "num_input_rows").orderBy("query_name", "batch_id")
+    assert [tuple(r) for r in rows.collect()] == [
+        ("bronze_kafka_multiplex", 4, 1500),
+        ("bronze_kafka_multiplex", 5, 1500),
+        ("silver_bpm", 0, 3),
+    ]

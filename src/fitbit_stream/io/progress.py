@@ -28,8 +28,6 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from fitbit_stream.io.merge import insert_if_absent
-
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
     from pyspark.sql.streaming.listener import (
@@ -55,6 +53,9 @@ log = logging.getLogger(__name__)
 
 #: how many (run_id, batch_id) keys the recorder remembers as shown
 _SHOWN_KEPT = 4096
+#: The batches whose progress ``flush`` remembers having written (a day of 1-s batches of 8 queries
+#: would be 700,000; copies of a batch arrive within seconds).
+_FLUSHED_KEPT = 65536
 
 QUERY_PROGRESS = StructType(
     [
@@ -196,6 +197,9 @@ class ProgressRecorder(StreamingQueryListener):
         self._on_progress = on_progress
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, int], ProgressRecord] = {}
+        # The batches already written by ``flush``: a later copy of one is not written again. Only
+        # the latest keys are kept; copies of a batch arrive within the query's run.
+        self._flushed: dict[tuple[str, int], None] = {}
         # Shown apart from pending: the buffer is flushed once per run, and a batch's progress may
         # reach the listener after ``recentProgress`` buffered it unshown. Only the latest keys are
         # kept (insertion order), so a long run does not grow it.
@@ -244,14 +248,21 @@ class ProgressRecorder(StreamingQueryListener):
             self.add(progress, show=False)
 
     def flush(self, spark: SparkSession, tables: Tables, ref: TableRef) -> int:
-        """Append the buffered progress to ``ref`` (idempotent on (run_id, batch_id)); return the count."""
+        """Append the buffered progress of batches not written before to ``ref``; return the count.
+
+        One blind append, not a MERGE: a (run_id, batch_id) is one run of one query, which only this
+        recorder sees, and it remembers what it wrote (the first copy of a batch stays).
+        """
         with self._lock:
-            records = list(self._pending.values())
+            records = [r for key, r in self._pending.items() if key not in self._flushed]
             self._pending.clear()
+            for r in records:
+                self._flushed[(r.run_id, r.batch_id)] = None
+            while len(self._flushed) > _FLUSHED_KEPT:
+                del self._flushed[next(iter(self._flushed))]
         if not records:
             return 0
-        rows = spark.createDataFrame([asdict(r) for r in records], QUERY_PROGRESS)
-        insert_if_absent(spark, tables, ref, rows, keys=["run_id", "batch_id"])
+        tables.append(spark.createDataFrame([asdict(r) for r in records], QUERY_PROGRESS), ref)
         return len(records)
 
 
