@@ -167,10 +167,9 @@ class SparkCluster:
                 workers[str(w.get("id"))] = (str(w.get("state")), int(w.get("cores", 0)), int(w.get("memory", 0)))
         return ClusterStatus(state is not None, self.master_url, self.web_url, workers)
 
-    def executor_pids(self, app: str | None = None) -> list[int]:
-        """The process ids of the executor JVMs this cluster's workers run now, of application
-        ``app`` only when given (an application's executors run in ``work/<app id>/<n>``)."""
-        return sorted(pid for pid, owner in self.executors().items() if app is None or owner == app)
+    def executor_pids(self) -> list[int]:
+        """The process ids of the executor JVMs this cluster's workers run now."""
+        return sorted(self.executors())
 
     def executors(self) -> dict[int, str]:
         """Each executor JVM this cluster's workers run now, with the id of its application (the
