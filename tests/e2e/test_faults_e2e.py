@@ -47,6 +47,7 @@ from fitbit_stream.generator import (
     ChaosConfig,
     GeneratorConfig,
     KafkaSink,
+    RegistrationRow,
     SqlSink,
     World,
     build_world,
@@ -114,11 +115,8 @@ def _stages() -> tuple[tuple[str, tuple[str, ...], bool], ...]:
         own = [t for t in spec.writes if t not in shared]
         # the SQL poll appends its two tables one after the other: kill between the two appends
         own = own[:1] if spec.source == "sql" else own
-        if spec.source == "change_feed":
-            # a derived query that writes one table after another in a micro-batch: a stage per
-            # table, so a round kills between the two MERGEs and the next replays the batch
-            out += [(name, paths([table]), False) for table in own]
-            continue
+        # A derived query commits its tables side by side in a micro-batch (io/derived.py): one
+        # stage, like an ingest query's; a kill after either commit leaves the batch to replay.
         out.append((name, paths(own), False))
         if spec.source == "kafka":
             silver += [t for t in own if t != "kafka_multiplex_bz"]
@@ -217,8 +215,15 @@ POISON_USER = 990
 ONE_MB = "x" * (1024 * 1024)
 
 
+FINAL_SESSION = 9901  # the session of final_work()
+
+
 def _epoch(at: datetime) -> int:
     return int((at - EPOCH).total_seconds())
+
+
+def _us(at: datetime) -> int:
+    return (at - EPOCH) // timedelta(microseconds=1)
 
 
 def _ms(at: datetime) -> int:
@@ -263,6 +268,37 @@ POISON_SECOND: tuple[tuple[str, str, int, bytes | None, datetime], ...] = (
     ("new_again", "user_info", 0, profile_change("new", T - timedelta(minutes=30), "Austin"), T),
     ("original_again", "bpm", 0, reading(POISON_DEVICE, T, 61.0), T + timedelta(seconds=5)),
 )
+
+
+def final_work(world: World) -> tuple[tuple[tuple[str, str, int, bytes | None, datetime], ...], dict[str, str]]:
+    """A completed session, with two readings, of a registered member, after the world's end, and
+    the records' keys: produced just before the last SIGKILL round, so that the final stage (the
+    derived query, whose work a round that ran beside it may have finished) has work in that round."""
+    latest: dict[int, RegistrationRow] = {}
+    for version in world.registrations:
+        row = version.row
+        if row.user_id not in latest or row.registration_us >= latest[row.user_id].registration_us:
+            latest[row.user_id] = row
+    member = latest[min(latest)]
+    start = datetime(2025, 3, 3, 10, 20, tzinfo=UTC)  # the world ends at 10:00
+    assert all(s.start_us < _us(start) for s in world.sessions)
+
+    def event(action: str, at: datetime) -> bytes:
+        body = {"user_id": member.user_id, "workout_id": 1, "session_id": FINAL_SESSION, "action": action}
+        return json.dumps({**body, "timestamp": _epoch(at)}).encode()
+
+    user, device = str(member.user_id), str(member.device_id)
+    first, second = start + timedelta(minutes=1), start + timedelta(minutes=5)
+    stop = start + timedelta(minutes=10)
+    records = (
+        ("final_start", "workout", 0, event("start", start), start),
+        ("final_reading_1", "bpm", 0, reading(member.device_id, first, 101.0), first),
+        ("final_reading_2", "bpm", 0, reading(member.device_id, second, 105.0), second),
+        ("final_stop", "workout", 0, event("stop", stop), stop),
+    )
+    keys = {"final_start": user, "final_stop": user, "final_reading_1": device, "final_reading_2": device}
+    return records, keys
+
 
 POISON = {name: payload for name, _, _, payload, _ in POISON_FIRST + POISON_SECOND if payload is not None}
 NOT_UTF8_IN_A_STRING = POISON["not_utf8_in_a_string"]
@@ -309,8 +345,11 @@ class Env:
             ],
         )
 
-    def produce(self, records: tuple[tuple[str, str, int, bytes | None, datetime], ...]) -> None:
-        """Produce hand-made records (no compression: the 1 MB value travels as 1 MB)."""
+    def produce(
+        self, records: tuple[tuple[str, str, int, bytes | None, datetime], ...], keys: dict[str, str] | None = None
+    ) -> None:
+        """Produce hand-made records (no compression: the 1 MB value travels as 1 MB), keyed by
+        ``keys`` (by record name), else by the poison user or device."""
         producer = Producer(
             {
                 "bootstrap.servers": self.broker.bootstrap_servers,
@@ -324,7 +363,7 @@ class Env:
                 assert err is None, f"{name}: {err}"
                 self.coordinates[name] = (msg.topic(), msg.partition(), msg.offset())
 
-            key = str(POISON_USER if kind == "user_info" else POISON_DEVICE).encode()
+            key = (keys or {}).get(name, str(POISON_USER if kind == "user_info" else POISON_DEVICE)).encode()
             producer.produce(
                 self.topic(kind), key=key, value=payload, partition=partition, timestamp=_ms(at), on_delivery=delivered
             )
@@ -658,10 +697,19 @@ def drained(spark: SparkSession, env: Env, world: World) -> Drained:
     # JVM starts and while the test watches for a commit).
     reference = env.config("reference")
     reference_failed: list[BaseException] = []
+    final_records, final_keys = final_work(world)
+    final_produced, abandoned = threading.Event(), threading.Event()
 
     def run_reference() -> None:
         try:
+            # started before the last round's records are in Kafka, it drains them in a second run
+            # (a run boundary changes no table)
+            later = not final_produced.is_set()
             Pipeline(spark, reference).run_once(as_of=AS_OF)
+            if later:
+                final_produced.wait()
+                if not abandoned.is_set():
+                    Pipeline(spark, reference).run_once(as_of=AS_OF)
         except BaseException as exc:
             reference_failed.append(exc)
 
@@ -696,6 +744,9 @@ def drained(spark: SparkSession, env: Env, world: World) -> Drained:
                 env.produce(POISON_SECOND)  # the killed pipeline meets these after a restart
                 second_part = True
                 referee.start()
+            if number == len(drawn) - 1:
+                env.produce(final_records, final_keys)
+                final_produced.set()
             # right after the commit, or a random moment after it (never past the end of the drain)
             delay = 0.0 if mid_batch or index >= len(STAGES) - 2 else rng.uniform(0.0, 0.5)
             seen = lake_commits(lake, targets)
@@ -719,6 +770,9 @@ def drained(spark: SparkSession, env: Env, world: World) -> Drained:
         finally:
             assert final.wait(timeout=1800) == 0, f"the restarted pipeline failed: see {logs / 'final.log'}"
     finally:
+        if not final_produced.is_set():  # the rounds failed: the fault-free run does not wait
+            abandoned.set()
+            final_produced.set()
         if upcoming.poll() is None:
             _kill(upcoming)
     assert not referee.is_alive(), "the fault-free run did not end"
@@ -747,6 +801,12 @@ def test_sigkill_rounds_leave_every_table_as_a_fault_free_run(spark: SparkSessio
             assert batch in batches(checkpoints / query / "commits"), f"{query} batch {batch} was never committed"
     for name in ("kafka_multiplex_bz", "heart_rate", "quarantine", "workout_bpm_summary", "gym_summary"):
         assert drained.expected[name], f"the reference run left {name} empty"
+    # the last round had the final stage's work: final_work's session, killed after a derived commit
+    reference = Tables(drained.reference)
+    summary = reference.read(spark, reference.ref("workout_bpm_summary"))
+    assert summary.where(F.col("session_id") == FINAL_SESSION).count() == 1
+    if ROUNDS >= 10:
+        assert kills[-1].stage == STAGES[-1][0], kills[-1]
     assert_same_tables(snapshot(spark, drained.killed), drained.expected)
 
 
