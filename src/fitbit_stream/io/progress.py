@@ -57,6 +57,14 @@ _SHOWN_KEPT = 4096
 #: would be 700,000; copies of a batch arrive within seconds).
 _FLUSHED_KEPT = 65536
 
+
+def _remember(seen: dict[tuple[str, int], None], keys: Iterable[tuple[str, int]], *, kept: int) -> None:
+    """Add ``keys`` to ``seen`` (an insertion-ordered set), keeping only the latest ``kept``."""
+    seen.update(dict.fromkeys(keys))
+    while len(seen) > kept:
+        del seen[next(iter(seen))]
+
+
 QUERY_PROGRESS = StructType(
     [
         StructField("query_name", StringType()),
@@ -234,9 +242,7 @@ class ProgressRecorder(StreamingQueryListener):
             self._pending[key] = record
             fresh = show and key not in self._shown
             if fresh:
-                self._shown[key] = None
-                while len(self._shown) > _SHOWN_KEPT:
-                    del self._shown[next(iter(self._shown))]
+                _remember(self._shown, [key], kept=_SHOWN_KEPT)
         if fresh:
             self._show(record.line())
         if show and self._on_progress is not None:
@@ -254,12 +260,10 @@ class ProgressRecorder(StreamingQueryListener):
         recorder sees, and it remembers what it wrote (the first copy of a batch stays).
         """
         with self._lock:
-            records = [r for key, r in self._pending.items() if key not in self._flushed]
+            fresh = [key for key in self._pending if key not in self._flushed]
+            records = [self._pending[key] for key in fresh]
             self._pending.clear()
-            for r in records:
-                self._flushed[(r.run_id, r.batch_id)] = None
-            while len(self._flushed) > _FLUSHED_KEPT:
-                del self._flushed[next(iter(self._flushed))]
+            _remember(self._flushed, fresh, kept=_FLUSHED_KEPT)
         if not records:
             return 0
         tables.append(spark.createDataFrame([asdict(r) for r in records], QUERY_PROGRESS), ref)
