@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from xml.sax.saxutils import quoteattr
 
+from fitbit_stream import class_archive
 from fitbit_stream.azure import AzureAuth
 from fitbit_stream.config import Config
 from fitbit_stream.errors import PlatformError
@@ -49,6 +50,7 @@ __all__ = [
     "configure_session",
     "fair_scheduler_xml",
     "get_spark",
+    "jars_base",
     "local_jars",
     "log4j2_properties",
     "quiet_py4j",
@@ -171,9 +173,14 @@ def _under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def jars_base(jars_dir: str | Path) -> Path:
+    """Where setup resolved the JVM artifacts: ``jars_dir``, or ``$FITBIT_STREAM_JARS_DIR`` when set."""
+    return Path(os.environ.get(_JARS_ENV, str(jars_dir)))
+
+
 def local_jars(jars_dir: str | Path) -> list[str]:
     """The Spark-side jars resolved into ``<jars_dir>/spark``; a clear error when setup did not run."""
-    base = Path(os.environ.get(_JARS_ENV, str(jars_dir))) / "spark"
+    base = jars_base(jars_dir) / "spark"
     jars = sorted(str(p.resolve()) for p in base.glob("*.jar"))
     if not jars:
         raise PlatformError(
@@ -202,8 +209,9 @@ def session_conf(config: Config) -> dict[str, str]:
 
 
 def _local_conf(config: Config) -> dict[str, str]:
+    jars = local_jars(config.jars_dir)
     conf = {
-        "spark.jars": ",".join(local_jars(config.jars_dir)),
+        "spark.jars": ",".join(jars),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         **session_conf(config),
@@ -265,6 +273,10 @@ def _local_conf(config: Config) -> dict[str, str]:
         java += f" -Dlog4j2.configurationFile={_java_option(log4j)}"
     if "-Xss" not in java:
         java += f" {THREAD_STACK}"
+    if not class_archive.names_its_own(java):
+        # The classes setup's training run loaded, mapped instead of loaded: a cold start in half
+        # the time (scripts/setup.sh; bench/NOTES.md, session 17). Nothing when there is none.
+        java += f" {class_archive.driver_options(jars_base(config.jars_dir), jars)}"
     conf["spark.driver.extraJavaOptions"] = java.strip()
     return conf
 
