@@ -52,13 +52,14 @@ resolve kafka
 
 # --- The driver JVM's class archive ------------------------------------------------------------
 # A local session maps the classes a small training run loaded instead of loading them from the
-# jars again: a cold start in about half the time. Kept per Java and jar set; optional (a session
-# without it only starts slower).
-if .venv/bin/python -c 'import sys; from fitbit_stream import class_archive as c, session as s; p = c.archive_path(s.jars_base(".cache/jars"), s.local_jars(".cache/jars")); sys.exit(0 if p and p.is_file() else 1)'; then
-  log "class archive up to date"
+# jars again: a cold start in about half the time. One per Java and jar set, about 200 MB; optional
+# (a session without it only starts slower). A failed training is not retried until its
+# .failed file is deleted.
+if status=$(.venv/bin/python -m fitbit_stream.class_archive --check 2>&1); then
+  log "$status"
 else
   log "training the driver JVM's class archive (a small pipeline run, about a minute and a half)"
-  .venv/bin/python -m fitbit_stream.class_archive .cache/jars | sed 's/^/[setup] /' || log "class archive not trained: local sessions start without it"
+  log "$(.venv/bin/python -m fitbit_stream.class_archive 2>&1 | tail -n 1)"
 fi
 
 # --- PostgreSQL and Chromium (e2e tests only) ------------------------------------------------

@@ -1,6 +1,6 @@
 """The local driver JVM's class-data-sharing archive: a cold local session starts in about half the time.
 
-Every local run's JVM spends its first seconds loading and verifying the same ~20,000 classes from
+Every local run's JVM spends its first seconds loading and verifying the same ~17,000 classes from
 Spark's, Delta's and the connectors' jars. The JDK's dynamic class-data sharing (JEP 350) writes the
 classes a run loaded into an archive when that JVM exits; a later JVM with the same Java build and
 class path maps them instead of loading them again. ``scripts/setup.sh`` trains one archive per Java
@@ -8,11 +8,17 @@ and jar set (``python -m fitbit_stream.class_archive``: a small pipeline run ove
 files and SQLite, no broker needed), and :func:`fitbit_stream.session.get_spark` hands it to a local
 driver when it exists.
 
-The JVM checks the archive itself; when it cannot use it (another Java, another class path) it loads
-the classes from the jars as before, without a warning. The archive changes how fast a session
-starts, never what it does. On Databricks and under spark-submit someone else starts the JVM:
-nothing changes there. A configuration that names its own ``-XX:SharedArchiveFile``,
-``-XX:ArchiveClassesAtExit`` or ``-Xshare`` option in ``spark.driver.extraJavaOptions`` keeps it.
+The JVM checks the archive itself (the Java build, each class-path jar's size and time); when it
+cannot use it, it loads the classes from the jars as before, without a warning. The archive changes
+how fast a session starts, never what it does. Its name carries a digest of what the JVM checks, so
+a new Java, PySpark install or jar set gets an archive of its own rather than one the JVM turns
+down. A training that failed leaves ``<name>.failed`` with its reason, and setup does not try again
+until that file is deleted.
+
+On Databricks and under spark-submit someone else starts the JVM: nothing changes there. A
+configuration that decides class sharing itself (``-Xshare``, ``-XX:SharedArchiveFile``,
+``-XX:ArchiveClassesAtExit``, ``-XX:±UseSharedSpaces``, ``-Xlog:cds``, in
+``spark.driver.extraJavaOptions`` or the JVM's own option variables) keeps its choice.
 """
 
 from __future__ import annotations
@@ -23,16 +29,23 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from fitbit_stream.errors import FitbitStreamError
+from fitbit_stream.errors import FitbitStreamError, PlatformError
 
-__all__ = ["QUIET", "archive_path", "driver_options", "names_its_own", "train"]
+__all__ = ["QUIET", "archive_path", "failure", "names_its_own", "train", "usable"]
 
 #: The JVM's notes about the archive (one it cannot use, classes it skips when writing one) are off.
 QUIET = "-Xlog:cds=off,cds+dynamic=off"
-_OWN = ("SharedArchiveFile", "ArchiveClassesAtExit", "-Xshare")
+_OWN = ("SharedArchiveFile", "ArchiveClassesAtExit", "-Xshare", "SharedSpaces", "-Xlog:cds")
+#: Options the JVM reads from its environment, whatever its command line says.
+_JVM_ENV = ("JDK_JAVA_OPTIONS", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS")
+#: How long a training run may take (it takes about a minute and a half on two cores).
+TRAINING_TIMEOUT_S = 900
+#: Archives of other Java or jar sets kept beside the current one (each is about 200 MB).
+_KEEP_OTHERS = 1
 
 
 def _java() -> Path | None:
@@ -42,41 +55,75 @@ def _java() -> Path | None:
     return Path(found).resolve() if found and Path(found).is_file() else None
 
 
-def archive_path(jars_base: Path, jars: Sequence[str]) -> Path | None:
-    """Where the archive for this Java, this PySpark and these jars lives (``<jars_base>/cds``).
+def _class_path_jars() -> list[Path]:
+    """The jars on the driver's class path: ``$SPARK_HOME/jars`` when set, else PySpark's own."""
+    import pyspark
 
-    The name carries a digest of all three, so a new Java, PySpark or jar set gets its own archive
-    rather than one the JVM would turn down. None when no java is found.
+    home = os.environ.get("SPARK_HOME")
+    folder = Path(home) / "jars" if home else Path(pyspark.__file__).parent / "jars"
+    return sorted(folder.glob("*.jar"))
+
+
+def _stamp(path: Path) -> str:
+    try:
+        stat = path.stat()
+    except OSError:
+        return f"{path}|missing"
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def archive_path(jars_base: Path, jars: Sequence[str]) -> Path | None:
+    """Where the archive for this Java, these class-path jars and these Spark jars lives
+    (``<jars_base>/cds``); None when no java is found.
+
+    The digest covers what the JVM validates before it maps an archive: the Java build (its
+    ``java`` and runtime image) and each jar's place, size and modification time.
     """
     java = _java()
     if java is None:
         return None
-    import pyspark
-
     digest = hashlib.sha256()
-    stat = java.stat()
-    digest.update(f"{java}|{stat.st_size}|{stat.st_mtime_ns}|{pyspark.__version__}\n".encode())
-    for jar in [*sorted((Path(pyspark.__file__).parent / "jars").glob("*.jar")), *map(Path, jars)]:
-        digest.update(f"{jar.name}|{jar.stat().st_size if jar.exists() else -1}\n".encode())
+    for path in [java, java.parent.parent / "lib" / "modules", *_class_path_jars(), *map(Path, jars)]:
+        digest.update(f"{_stamp(path)}\n".encode())
     return jars_base.resolve() / "cds" / f"driver-{digest.hexdigest()[:16]}.jsa"
 
 
+def failure(archive: Path) -> Path:
+    """The file that records why training ``archive`` failed (setup does not retry while it exists)."""
+    return archive.with_name(f"{archive.stem}.failed")
+
+
 def names_its_own(java_options: str) -> bool:
-    """Whether driver Java options already decide class-data sharing themselves."""
-    return any(flag in java_options for flag in _OWN)
+    """Whether the driver's Java options (or the JVM's option variables) decide class sharing."""
+    texts = [java_options, *(os.environ.get(name, "") for name in _JVM_ENV)]
+    return any(flag in text for text in texts for flag in _OWN)
 
 
-def driver_options(jars_base: Path, jars: Sequence[str]) -> str:
-    """The Java options that hand a trained archive to a local driver ('' when there is none)."""
+def usable(jars_base: Path, jars: Sequence[str]) -> Path | None:
+    """The trained archive for this Java and these jars, when there is one a JVM option can name.
+
+    JDK 17 reads a ``:`` in ``-XX:SharedArchiveFile`` as the separator of two archives, so a path
+    holding one is left alone.
+    """
     archive = archive_path(jars_base, jars)
-    if archive is None or not archive.is_file():
-        return ""
-    text = f'"{archive}"' if " " in str(archive) else str(archive)
-    return f"-XX:SharedArchiveFile={text} {QUIET}"
+    if archive is None or ":" in str(archive) or not archive.is_file():
+        return None
+    return archive
+
+
+def _quietly(label: str, command: list[str], cwd: Path) -> None:
+    """Run a training step; its output only when it fails (the JVM's exit under a live Python is noisy)."""
+    try:
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False, timeout=TRAINING_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise PlatformError(f"the training's `{label}` took over {TRAINING_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise PlatformError(f"the training's `{label}` exited with {done.returncode}: {lines[-1] if lines else ''}")
 
 
 # The JVM writes the archive as it exits, which is after the Python process that started it has
-# ended: the training run waits for its JVM (PySpark's gateway process) before it returns.
+# ended: the training run waits for its JVM (PySpark's gateway process) and fails when the JVM did.
 _RUN_AND_WAIT = """
 import sys
 from fitbit_stream.cli import main
@@ -85,80 +132,111 @@ from pyspark import SparkContext
 proc = getattr(SparkContext._gateway, "proc", None)
 if proc is not None:
     proc.stdin.close()
-    proc.wait(timeout=300)
+    code = code or proc.wait(timeout=600)
 sys.exit(code)
 """
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fitbit_stream.cli", *args]
-
-
-def _quietly(command: list[str], cwd: Path) -> None:
-    """Run a training step; its output only when it fails (the JVM's exit under a live Python is noisy)."""
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-        raise RuntimeError(f"`{' '.join(command[:4])} ...` exited with {done.returncode}: {tail}")
-
-
-def train(jars_dir: str | Path) -> Path:
+def train(jars_base: Path, jars: Sequence[str], jars_dir: str | Path) -> Path:
     """Write the archive for the current Java and jars; return its path (kept when it exists).
 
     A pipeline run over a small generated world (landing files and SQLite, so no broker is needed)
-    in a child process whose JVM writes the classes it loaded on exit. Written under a temporary
-    name and renamed, so a concurrent session never maps half an archive.
+    in a child process whose JVM writes the classes it loaded on exit, into a folder of its own that
+    is renamed into place only when the JVM exited cleanly: a concurrent session never maps half an
+    archive, and a JVM that outlives an interrupted training writes into a folder that is gone.
     """
-    from fitbit_stream.session import jars_base, local_jars
-
-    jars = local_jars(jars_dir)
-    base = jars_base(jars_dir)
-    target = archive_path(base, jars)
+    target = archive_path(jars_base, jars)
     if target is None:
-        raise RuntimeError("no java found (JAVA_HOME or PATH): no archive to train")
+        raise PlatformError("no java found (JAVA_HOME or PATH): no archive to train")
+    if ":" in str(target):
+        raise PlatformError(f"{str(target.parent)!r} holds a ':', which a JVM option cannot name")
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.stem}.{os.getpid()}.tmp")
+    _sweep(target)
+    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=".training-"))
     try:
-        _train_into(partial, jars_dir)
-        if not partial.is_file():
-            raise RuntimeError(f"the training run's JVM wrote no archive at {partial}")
-        partial.replace(target)
+        written = work / target.name
+        _run_training(written, work, jars_dir)
+        if not written.is_file():
+            raise PlatformError("the training run's JVM wrote no archive")
+        written.replace(target)
     finally:
-        partial.unlink(missing_ok=True)
-    for stale in target.parent.glob("driver-*.jsa"):
-        if stale != target:
-            stale.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
     return target
 
 
-def _train_into(partial: Path, jars_dir: str | Path) -> None:
-    with tempfile.TemporaryDirectory(prefix="fitbit-cds-") as work:
-        root = Path(work)
-        settings = [
-            "kafka.enabled=false",
-            "landing.enabled=true",
-            f"landing.path={root / 'landing'}",
-            f"sql.url=jdbc:sqlite:{root / 'source.db'}",
-            f"storage.root={root / 'lake'}",
-            f"storage.checkpoint_root={root / 'checkpoints'}",
-            f"platform_dir={root / 'platform'}",
-            f"jars_dir={Path(jars_dir).resolve()}",
-            f"spark_conf[spark.driver.extraJavaOptions]=-Duser.timezone=UTC -XX:ArchiveClassesAtExit={partial} {QUIET}",
-        ]
-        sets = [arg for setting in settings for arg in ("--set", setting)]
-        _quietly(_cli("generate", "--users", "3", "--days", "1", *sets), root)
-        _quietly([sys.executable, "-c", _RUN_AND_WAIT, "run", "--once", "--no-live", *sets], root)
+def _run_training(written: Path, work: Path, jars_dir: str | Path) -> None:
+    from fitbit_stream.session import _java_option  # quoted as Spark splits extraJavaOptions
+
+    java = f"-Duser.timezone=UTC -XX:ArchiveClassesAtExit={_java_option(written)} {QUIET}"
+    settings = [
+        "kafka.enabled=false",
+        "landing.enabled=true",
+        f"landing.path={work / 'landing'}",
+        f"sql.url=jdbc:sqlite:{work / 'source.db'}",
+        f"storage.root={work / 'lake'}",
+        f"storage.checkpoint_root={work / 'checkpoints'}",
+        f"platform_dir={work / 'platform'}",
+        f"jars_dir={Path(jars_dir).resolve()}",
+        f"spark_conf[spark.driver.extraJavaOptions]={java}",
+    ]
+    sets = [arg for setting in settings for arg in ("--set", setting)]
+    cli = [sys.executable, "-m", "fitbit_stream.cli"]
+    _quietly("generate", [*cli, "generate", "--users", "3", "--days", "1", *sets], work)
+    _quietly("run --once", [sys.executable, "-c", _RUN_AND_WAIT, "run", "--once", "--no-live", *sets], work)
+
+
+def _sweep(target: Path) -> None:
+    """Leftovers of trainings a day old, and all but the newest archive of other Java or jar sets."""
+    day_ago = time.time() - 86_400
+    for left in target.parent.glob(".training-*"):
+        if left.stat().st_mtime < day_ago:
+            shutil.rmtree(left, ignore_errors=True)
+    others = sorted(
+        (p for p in target.parent.glob("driver-*.jsa") if p != target), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    for stale in others[_KEEP_OTHERS:]:
+        stale.unlink(missing_ok=True)
+        failure(stale).unlink(missing_ok=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fitbit_stream.class_archive [--check] [JARS_DIR]``: train the archive (setup's step).
+
+    ``--check`` says in one line whether it is trained, failed before, or to be trained (exit 0 when
+    there is nothing to do). A failed training writes its reason next to the archive's name and
+    prints one line; setup carries on (the archive only makes sessions start faster).
+    """
+    from fitbit_stream.session import jars_base, local_jars
+
     args = list(sys.argv[1:] if argv is None else argv)
-    jars_dir = args[0] if args else ".cache/jars"
+    check = "--check" in args
+    rest = [a for a in args if a != "--check"]
+    jars_dir = rest[0] if rest else ".cache/jars"
     try:
-        path = train(jars_dir)
-    except (FitbitStreamError, RuntimeError, OSError) as exc:
-        print(f"class archive: not trained ({exc}); local sessions start without it", file=sys.stderr)
+        base, jars = jars_base(jars_dir), local_jars(jars_dir)
+        target = archive_path(base, jars)
+        if target is None:
+            raise PlatformError("no java found (JAVA_HOME or PATH)")
+    except FitbitStreamError as exc:
+        print(f"class archive: not trained ({exc})")
+        return 0 if check else 1
+    failed = failure(target)
+    if target.is_file() or failed.is_file():
+        why = "" if target.is_file() else failed.read_text(encoding="utf-8").strip()
+        done = f"not trained ({why}); delete {failed} to try again" if why else "up to date"
+        print(f"class archive: {done}")
+        return 0
+    if check:
+        print("class archive: to be trained")
+        return 1
+    try:
+        path = train(base, jars, jars_dir)
+    except (FitbitStreamError, OSError) as exc:
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        failed.write_text(f"{exc}\n", encoding="utf-8")
+        print(f"class archive: not trained ({exc}); local sessions start without it; delete {failed} to try again")
         return 1
     print(f"class archive: {path} ({path.stat().st_size // 2**20} MB)")
     return 0

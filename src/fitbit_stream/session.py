@@ -273,10 +273,17 @@ def _local_conf(config: Config) -> dict[str, str]:
         java += f" -Dlog4j2.configurationFile={_java_option(log4j)}"
     if "-Xss" not in java:
         java += f" {THREAD_STACK}"
-    if not class_archive.names_its_own(java):
-        # The classes setup's training run loaded, mapped instead of loaded: a cold start in half
-        # the time (scripts/setup.sh; bench/NOTES.md, session 17). Nothing when there is none.
-        java += f" {class_archive.driver_options(jars_base(config.jars_dir), jars)}"
+    archive = (
+        None
+        if _under_spark_submit() or class_archive.names_its_own(java)
+        else class_archive.usable(jars_base(config.jars_dir), jars)
+    )
+    if archive is not None:
+        # The classes setup's training run loaded, mapped instead of loaded: a cold start in about
+        # half the time (scripts/setup.sh; bench/NOTES.md, session 17).
+        java += f" -XX:SharedArchiveFile={_java_option(archive)}"
+        if _verbosity != "debug":
+            java += f" {class_archive.QUIET}"
     conf["spark.driver.extraJavaOptions"] = java.strip()
     return conf
 
