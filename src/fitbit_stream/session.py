@@ -48,6 +48,7 @@ __all__ = [
     "Verbosity",
     "check_spark_version",
     "configure_session",
+    "default_driver_memory",
     "fair_scheduler_xml",
     "get_spark",
     "jars_base",
@@ -84,6 +85,27 @@ _ROOT_LEVEL: dict[Verbosity, str] = {"quiet": "ERROR", "verbose": "WARN", "debug
 #: default 1 MB stack it overflows, the stream thread dies with a StackOverflowError and the JVM
 #: prints a thousand-line stack trace. 64 MB is reserved per thread, committed only as used.
 THREAD_STACK = "-Xss64m"
+#: The JIT compiles a method after five times the JVM's usual number of calls. A pipeline's driver
+#: runs a very large code base (Spark's planner, Delta's log and MERGE, the connectors) a few times
+#: per micro-batch: with the usual thresholds the compiler threads took 22-23 of the 80 CPU-seconds
+#: a minute of the steady bench used, still minutes after start, and half of that with this setting,
+#: while the hot row-level code is compiled all the same. Steady at 2,000 events/s, p99
+#: event->silver 14.4 and 17.4 s against 19.2 and 20.0 s (bench/NOTES.md, session 17).
+JIT_THRESHOLDS = "-XX:CompileThresholdScaling=5"
+
+
+def default_driver_memory() -> str:
+    """The local driver's heap when the configuration sets none: a quarter of the machine's memory,
+    between 1 and 8 GB (the JVM's own default, which Spark's fixed 1g would replace).
+
+    A streaming driver keeps Delta snapshots and query state; at 1-2 GB its collector ran near-full
+    (12 of 80 CPU-seconds a minute in the steady bench, 6.5 at 6 GB).
+    """
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return "1g"
+    return f"{max(1, min(8, memory // 4 // 2**30))}g"
 
 
 def log4j2_properties(verbosity: Verbosity) -> str:
@@ -212,6 +234,7 @@ def _local_conf(config: Config) -> dict[str, str]:
     jars = local_jars(config.jars_dir)
     conf = {
         "spark.jars": ",".join(jars),
+        "spark.driver.memory": default_driver_memory(),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         **session_conf(config),
@@ -273,6 +296,8 @@ def _local_conf(config: Config) -> dict[str, str]:
         java += f" -Dlog4j2.configurationFile={_java_option(log4j)}"
     if "-Xss" not in java:
         java += f" {THREAD_STACK}"
+    if "CompileThresholdScaling" not in java and "TieredStopAtLevel" not in java:
+        java += f" {JIT_THRESHOLDS}"
     archive = (
         None
         if _under_spark_submit() or class_archive.names_its_own(java)

@@ -360,3 +360,33 @@ def test_a_query_that_never_pauses_is_stopped_at_the_timeout() -> None:
     stop_between_batches([endless], timeout=0.2, poll=0.01)  # type: ignore[list-item]
     assert endless.stopped_mid_batch is True
     assert 0.2 <= time.monotonic() - started < 2
+
+
+def test_a_local_driver_gets_a_quarter_of_the_memory_unless_the_config_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fitbit_stream.config import load_config
+
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 24 * 2**30 // 4096}
+    monkeypatch.setattr(session.os, "sysconf", lambda name: pages[name])
+    assert session._local_conf(load_config(None))["spark.driver.memory"] == "6g"
+    pages["SC_PHYS_PAGES"] = 2 * 2**30 // 4096  # a small machine: never under 1 GB
+    assert session.default_driver_memory() == "1g"
+    pages["SC_PHYS_PAGES"] = 256 * 2**30 // 4096  # a large one: 8 GB at most
+    assert session.default_driver_memory() == "8g"
+    own = session._local_conf(load_config(None, ["spark_conf[spark.driver.memory]=3g"]))
+    assert own["spark.driver.memory"] == "3g"
+
+
+@pytest.mark.parametrize(
+    ("own", "expected"),
+    [
+        ("-Dx=1", ["-Dx=1", session.JIT_THRESHOLDS]),
+        ("-XX:CompileThresholdScaling=1", ["-XX:CompileThresholdScaling=1"]),
+        ("-XX:TieredStopAtLevel=1", ["-XX:TieredStopAtLevel=1"]),  # C1 only: its thresholds stay
+    ],
+)
+def test_the_jit_thresholds_are_raised_unless_the_config_decides(own: str, expected: list[str]) -> None:
+    from fitbit_stream.config import load_config
+
+    conf = session._local_conf(load_config(None, [f"spark_conf[spark.driver.extraJavaOptions]={own}"]))
+    options = conf["spark.driver.extraJavaOptions"].split()
+    assert [o for o in options if o.startswith(("-Dx", "-XX:Compile", "-XX:Tiered"))] == expected

@@ -92,7 +92,7 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     )
     add("--work-dir", type=Path, default=d.work_dir, help="broker, tables, checkpoints")
     add("--out", type=Path, default=d.out_dir, help="where the JSON and table go")
-    add("--driver-memory", default=d.driver_memory)
+    add("--driver-memory", default=d.driver_memory, help="the pipeline's heap (default: the local session's own)")
     add("--keep", action="store_true", help="keep the run's work directory")
 
 

@@ -36,7 +36,8 @@ class BenchOptions:
     bucket_seconds: float = 10.0
     work_dir: Path = Path("data/bench")
     out_dir: Path | None = Path("bench/results")
-    driver_memory: str = "2g"
+    #: None: the local session's own default (session.default_driver_memory)
+    driver_memory: str | None = None
     keep: bool = False
     #: sustained: seconds of production per step, the first rate, the cap, the bisection's stop
     #: (highest held and lowest failed within this fraction), the p99 event->silver bar

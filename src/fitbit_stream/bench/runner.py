@@ -91,10 +91,11 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def bench_spark_conf(driver_memory: str) -> dict[str, str]:
-    """Settings the figures need: a loopback UI whose stages keep their executor-metric peaks."""
+def bench_spark_conf(driver_memory: str | None) -> dict[str, str]:
+    """Settings the figures need: a loopback UI whose stages keep their executor-metric peaks (and
+    the driver memory asked for; by default the local session's own)."""
     return {
-        "spark.driver.memory": driver_memory,
+        **({"spark.driver.memory": driver_memory} if driver_memory else {}),
         "spark.driver.host": "127.0.0.1",
         "spark.driver.bindAddress": "127.0.0.1",
         "spark.ui.enabled": "true",
