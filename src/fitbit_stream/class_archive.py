@@ -137,17 +137,14 @@ sys.exit(code)
 """
 
 
-def train(jars_base: Path, jars: Sequence[str], jars_dir: str | Path) -> Path:
-    """Write the archive for the current Java and jars; return its path (kept when it exists).
+def train(target: Path, jars_dir: str | Path) -> Path:
+    """Write ``target`` (:func:`archive_path` of the current Java and jars); kept when it exists.
 
     A pipeline run over a small generated world (landing files and SQLite, so no broker is needed)
     in a child process whose JVM writes the classes it loaded on exit, into a folder of its own that
     is renamed into place only when the JVM exited cleanly: a concurrent session never maps half an
     archive, and a JVM that outlives an interrupted training writes into a folder that is gone.
     """
-    target = archive_path(jars_base, jars)
-    if target is None:
-        raise PlatformError("no java found (JAVA_HOME or PATH): no archive to train")
     if ":" in str(target):
         raise PlatformError(f"{str(target.parent)!r} holds a ':', which a JVM option cannot name")
     if target.is_file():
@@ -232,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("class archive: to be trained")
         return 1
     try:
-        path = train(base, jars, jars_dir)
+        path = train(target, jars_dir)
     except (FitbitStreamError, OSError) as exc:
         failed.parent.mkdir(parents=True, exist_ok=True)
         failed.write_text(f"{exc}\n", encoding="utf-8")

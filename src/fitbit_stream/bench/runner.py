@@ -61,6 +61,7 @@ from fitbit_stream.bench.report import (
 from fitbit_stream.bench.search import load_warning, settle
 from fitbit_stream.config import Config, KafkaTopics
 from fitbit_stream.errors import PipelineError
+from fitbit_stream.session import jars_base
 from fitbit_stream.topology import kafka_queries
 
 if TYPE_CHECKING:
@@ -913,7 +914,7 @@ def run_bench(base: Config, options: BenchOptions, *, show: Callable[[str], None
     if warning is not None:
         show(f"[bench] {warning}")
     port, controller = _free_ports(2)
-    jars = Path(os.environ.get("FITBIT_STREAM_JARS_DIR", base.jars_dir))
+    jars = jars_base(base.jars_dir)
     broker = KafkaBroker(
         run_dir / "kafka",
         port=port,

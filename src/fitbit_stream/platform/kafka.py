@@ -123,7 +123,9 @@ class KafkaBroker:
         first = config.kafka.bootstrap_servers.split(",")[0].strip()
         host, _, port_text = first.rpartition(":")
         port = int(port_text)
-        jars_root = Path(os.environ.get(_JARS_ENV, config.jars_dir))
+        from fitbit_stream.session import jars_base
+
+        jars_root = jars_base(config.jars_dir)
         return cls(
             state_dir if state_dir is not None else Path(config.platform_dir) / "kafka",
             host=host.strip("[]"),
